@@ -1,0 +1,285 @@
+"""The meshed httpx transport: the edge where an `httpx.Request` becomes a `Call`.
+
+How this works: `AsyncMeshTransport` resolves the request's host against the current snapshot.
+A host the mesh does not know passes through to a plain httpx transport (ALLOW_ANY). A known
+host becomes one `Call`, which goes down the stack of `stack.py`; the endpoint tier's
+`AsyncEndpointSender` builds the httpcore request from (endpoint address, port, raw target) —
+no `httpx.URL` rewriting — and sends it over an httpcore pool whose network backend clamps every
+connect, read and write timeout to the attempt's deadline (`pymesh._shim.DEADLINE`). The body
+stream handed back to httpx keeps that clamp while it is read, so a route timeout fires while a
+body is still streaming, and it releases the endpoint's in-flight count when closed.
+
+The stack is rebuilt when the mesh holds a new snapshot; a call in flight keeps the stack it
+started with. Async source; `pymesh/_sync/transport.py` is generated from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import httpcore
+import httpx
+
+from pymesh._async.stack import RouterFilter, build_client_stack
+from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
+from pymesh._shim import DEADLINE
+from pymesh.call import Call, Decision
+from pymesh.errors import CallError
+from pymesh.runtime import EndpointState
+
+if TYPE_CHECKING:
+    from pymesh.mesh import Mesh
+
+_INF = float("inf")
+_monotonic = time.monotonic
+
+
+def _clamp(timeout: float | None, exc: type[Exception]) -> float | None:
+    """`timeout` shortened to what remains before the deadline of this context's attempt."""
+    deadline = DEADLINE.get()
+    if deadline == _INF:
+        return timeout
+    remaining = deadline - _monotonic()
+    if remaining <= 0:
+        raise exc("deadline exceeded")
+    return remaining if timeout is None or remaining < timeout else timeout
+
+
+class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
+    """A network stream whose reads and writes never outlive the attempt's deadline."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """Read, with the timeout clamped to the deadline."""
+        return await self._stream.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        """Write, with the timeout clamped to the deadline."""
+        await self._stream.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Upgrade to TLS within the deadline."""
+        tls = await self._stream.start_tls(
+            ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
+        )
+        return AsyncDeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        """Pass through (httpcore asks for `is_readable` to spot dead keep-alive connections)."""
+        return self._stream.get_extra_info(info)
+
+
+class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, with connects clamped and streams wrapped."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Connect within the deadline."""
+        stream = await self._inner.connect_tcp(
+            host,
+            port,
+            _clamp(timeout, httpcore.ConnectTimeout),
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+        return AsyncDeadlineStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Connect to a Unix socket within the deadline."""
+        stream = await self._inner.connect_unix_socket(
+            path, _clamp(timeout, httpcore.ConnectTimeout), socket_options=socket_options
+        )
+        return AsyncDeadlineStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep (httpcore uses it between connect retries)."""
+        await self._inner.sleep(seconds)
+
+
+class AsyncMeshResponseStream(httpx.AsyncByteStream):
+    """The body of a meshed response: read under the attempt's deadline, errors mapped to
+    httpx's (a deadline is a `pymesh.MeshTimeoutError`), the endpoint released on close."""
+
+    def __init__(self, stream: Any, call: Call, endpoint: EndpointState) -> None:
+        self._stream = stream
+        self._call = call
+        self._endpoint: EndpointState | None = endpoint
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        call = self._call
+        deadline = call.attempt_deadline
+        iterator = self._stream.__aiter__()
+        while True:
+            token = DEADLINE.set(deadline)
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except httpcore.TimeoutException as exc:
+                if _monotonic() >= deadline - 0.002:
+                    raise self._timeout(exc) from exc
+                raise map_httpcore(exc, call.native) from exc
+            except Exception as exc:
+                raise map_httpcore(exc, call.native) from exc
+            finally:
+                DEADLINE.reset(token)
+            yield chunk
+
+    def _timeout(self, exc: Exception) -> Exception:
+        call = self._call
+        d = call.decision
+        d.add_flag("UT")
+        route = call.route
+        limit = (
+            f"perTryTimeout {route.retry.per_try_timeout:g}s"
+            if route.retry.per_try_timeout and call.attempt_deadline < call.deadline
+            else f"timeout {route.timeout:g}s"
+        )
+        d.reason = (
+            f"{d.service}: timed out while reading the response body ({limit}; {route.name}) "
+            f"from {call.endpoint.label}"
+        )
+        out = HttpxMeshTimeoutError(d.reason, decision=d)
+        out._request = call.native  # type: ignore[attr-defined]
+        return out
+
+    async def aclose(self) -> None:
+        """Close the body and release the endpoint's in-flight count (once)."""
+        ep = self._endpoint
+        if ep is not None:
+            self._endpoint = None
+            ep.active -= 1
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class AsyncEndpointSender:
+    """The native send: one httpcore request to the attempt's endpoint."""
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def send(self, call: Call) -> httpcore.Response:
+        """Send `call` to `call.endpoint` under the attempt's deadline."""
+        ep = call.endpoint
+        request: httpx.Request = call.native
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=b"http", host=ep.address, port=ep.port, target=call.target),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        token = DEADLINE.set(call.attempt_deadline)
+        try:
+            response = await self._pool.handle_async_request(core)
+        finally:
+            DEADLINE.reset(token)
+        response.stream = AsyncMeshResponseStream(response.stream, call, ep)
+        return response
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that routes, balances, retries, times out and ejects by the mesh's
+    Istio configuration. Use it through `Mesh.async_http_client()` or pass it to
+    `httpx.AsyncClient(transport=...)` yourself."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        limits: httpx.Limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        passthrough: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._mesh = mesh
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=AsyncDeadlineBackend(),
+        )
+        self._sender = AsyncEndpointSender(self._pool)
+        self._passthrough = passthrough or httpx.AsyncHTTPTransport(limits=limits)
+        self._snapshot: Any = None
+        self._stack: RouterFilter | None = None
+
+    def _current_stack(self) -> RouterFilter:
+        runtime = self._mesh.runtime
+        snapshot = runtime.snapshot
+        stack = self._stack
+        if stack is None or snapshot is not self._snapshot:
+            stack = build_client_stack(snapshot, runtime, self._sender)
+            self._stack = stack
+            self._snapshot = snapshot
+        return stack
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Serve one request through the mesh (or pass it through when the host is unknown)."""
+        stack = self._current_stack()
+        snapshot = stack.snapshot
+        url = request.url
+        host = snapshot.resolve(url.host)
+        if host is None:
+            return await self._passthrough.handle_async_request(request)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        call = Call(
+            direction="outbound",
+            protocol="http",
+            scheme=url.scheme,
+            host=host,
+            port=port,
+            authority=request.headers.get("host", ""),
+            method=request.method,
+            target=url.raw_path,
+            headers=request.headers,
+            native=request,
+            replayable=isinstance(request.stream, httpx.ByteStream),
+            decision=Decision(snapshot.version, host),
+        )
+        try:
+            outcome = await stack.handle(call)
+        except CallError as exc:
+            raise to_httpx(exc, request) from exc.__cause__
+        response = outcome.native
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=response.stream,
+            extensions={**response.extensions, "pymesh.decision": outcome.decision},
+        )
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._pool.aclose()
+        await self._passthrough.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncMeshTransport(mesh={self._mesh!r})"

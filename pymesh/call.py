@@ -1,0 +1,210 @@
+"""The one request shape and the one result shape that every filter sees.
+
+An adapter converts its native request once into a `Call` and gets back an `Outcome`. Both are
+plain slotted objects (cheaper to build than frozen dataclasses; measured in docs/performance.md).
+A `Call` is not changed by filters except through its `decision`, the record of what the mesh
+decided and tried, which travels back on the `Outcome` and on every error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+
+class Attempt:
+    """One try of a call: which endpoint, what came back (status or failure), how long."""
+
+    __slots__ = ("duration", "endpoint", "failure", "retry_on", "status")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.status: int | None = None
+        self.failure: str | None = None
+        self.duration = 0.0
+        self.retry_on: str | None = None  # the retryOn condition that led to another try
+
+    def describe(self) -> str:
+        """`127.0.0.1:8001 → 503` or `127.0.0.1:8002 → connect-failure`."""
+        what = str(self.status) if self.status is not None else (self.failure or "?")
+        return f"{self.endpoint} → {what}"
+
+    def __repr__(self) -> str:
+        return f"Attempt({self.describe()}, {self.duration * 1000:.1f}ms)"
+
+
+class Decision:
+    """The decision record of one call: route, destination, endpoints and attempts, snapshot.
+
+    Telemetry, access logs and `explain` read it; errors carry it as `.decision`.
+    """
+
+    __slots__ = (
+        "attempts",
+        "destination",
+        "endpoint_reason",
+        "flags",
+        "reason",
+        "route",
+        "service",
+        "snapshot_version",
+        "subset",
+    )
+
+    def __init__(self, snapshot_version: str, service: str) -> None:
+        self.snapshot_version = snapshot_version
+        self.service = service  # the destination service host, as the mesh knows it
+        self.route = ""  # "VirtualService ns/name http[i] (name)" or "default"
+        self.destination = ""  # cluster: host|subset|port
+        self.subset: str | None = None
+        self.endpoint_reason = ""
+        self.attempts: list[Attempt] = []
+        self.flags: list[str] = []
+        self.reason = ""
+
+    def add_flag(self, flag: str) -> None:
+        """Add an Envoy response flag once."""
+        if flag not in self.flags:
+            self.flags.append(flag)
+
+    @property
+    def response_flags(self) -> str:
+        """Envoy's rendering: comma-joined flags, or "-" when there are none."""
+        return ",".join(self.flags) if self.flags else "-"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view for logs and `explain`."""
+        return {
+            "snapshot_version": self.snapshot_version,
+            "service": self.service,
+            "route": self.route,
+            "destination": self.destination,
+            "subset": self.subset,
+            "endpoint_reason": self.endpoint_reason,
+            "attempts": [
+                {
+                    "endpoint": a.endpoint,
+                    "status": a.status,
+                    "failure": a.failure,
+                    "duration_ms": round(a.duration * 1000, 3),
+                    "retry_on": a.retry_on,
+                }
+                for a in self.attempts
+            ],
+            "response_flags": self.response_flags,
+            "reason": self.reason,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(service={self.service!r}, route={self.route!r}, "
+            f"destination={self.destination!r}, attempts={self.attempts!r}, "
+            f"flags={self.response_flags!r}, snapshot={self.snapshot_version!r})"
+        )
+
+
+class Call:
+    """One request as the mesh sees it, converted once at the edge.
+
+    `native` is the adapter's own request object; `deadline` is absolute on the monotonic clock
+    (`inf` when none); `replayable` says whether the body was buffered and may be sent again.
+    """
+
+    __slots__ = (
+        "_headers",
+        "attempt_deadline",
+        "authority",
+        "cluster",
+        "deadline",
+        "decision",
+        "direction",
+        "endpoint",
+        "host",
+        "method",
+        "native",
+        "path",
+        "peer",
+        "port",
+        "protocol",
+        "query",
+        "replayable",
+        "route",
+        "scheme",
+        "target",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        *,
+        direction: str,
+        protocol: str,
+        scheme: str,
+        host: str,
+        port: int,
+        authority: str,
+        method: str,
+        target: bytes,
+        headers: Any,
+        native: Any,
+        replayable: bool,
+        decision: Decision,
+        deadline: float = float("inf"),
+        peer: str | None = None,
+    ) -> None:
+        self.direction = direction
+        self.protocol = protocol
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.authority = authority
+        self.method = method
+        self.target = target
+        path, _, query = target.decode("latin-1").partition("?")
+        self.path = path
+        self.query = query
+        self._headers = headers
+        self.native = native
+        self.replayable = replayable
+        self.decision = decision
+        self.deadline = deadline
+        self.peer = peer
+        # set by the route tier as the call goes down the stack
+        self.route: Any = None  # the matched RouteEntry
+        self.cluster: Any = None  # the chosen ClusterState
+        self.endpoint: Any = None  # the EndpointState of the current attempt
+        self.attempt_deadline = deadline
+        self.tried: list[Any] = []  # endpoints earlier attempts used
+
+    def header(self, name: str) -> str | None:
+        """A request header by lower-case name; repeated headers joined by ','."""
+        got: str | None = self._headers.get(name)
+        return got
+
+    def __repr__(self) -> str:
+        return f"Call({self.method} {self.scheme}://{self.authority}{self.path})"
+
+
+class Outcome:
+    """The result of a call: a response (`status`, `native`) or an `error`, plus the record."""
+
+    __slots__ = ("decision", "endpoint", "error", "grpc_status", "native", "status")
+
+    def __init__(
+        self,
+        status: int | None,
+        native: Any,
+        decision: Decision,
+        error: BaseException | None = None,
+        grpc_status: int | None = None,
+        endpoint: Any = None,
+    ) -> None:
+        self.status = status
+        self.native = native
+        self.decision = decision
+        self.error = error
+        self.grpc_status = grpc_status
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"Outcome(status={self.status}, error={self.error!r}, flags={self.decision.response_flags})"
