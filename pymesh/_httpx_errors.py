@@ -76,7 +76,7 @@ def map_httpcore(exc: Exception, request: httpx.Request | None) -> Exception:
     for core, mapped in _HTTPCORE_TO_HTTPX:
         if isinstance(exc, core):
             out = mapped(str(exc))
-            out._request = request  # type: ignore[attr-defined]
+            out._request = request
             out.__cause__ = exc
             return out
     return exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 class Attempt:
     """One try of a call: which endpoint, what came back (status or failure), how long."""
 
@@ -207,4 +206,5 @@ class Outcome:
         self.endpoint = endpoint
 
     def __repr__(self) -> str:
-        return f"Outcome(status={self.status}, error={self.error!r}, flags={self.decision.response_flags})"
+        flags = self.decision.response_flags
+        return f"Outcome(status={self.status}, error={self.error!r}, flags={flags})"

@@ -93,7 +93,9 @@ class ClusterState:
             return ""
         healthy = self.candidates(now)
         ejected = len(self.endpoints) - len(healthy)
-        ej = record_result(cfg, ep.outlier, status, local_failure, now, ejected, len(self.endpoints))
+        ej = record_result(
+            cfg, ep.outlier, status, local_failure, now, ejected, len(self.endpoints)
+        )
         if ej is None:
             return ""
         self._healthy = None

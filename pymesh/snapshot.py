@@ -201,11 +201,14 @@ def compile_snapshot(
 
     clusters: dict[str, ClusterSpec] = {}
     for host, svc in services.items():
-        dr = drs.get(host)
-        subsets = [(None, dict[str, str](), dr.traffic_policy if dr else None)]
-        if dr:
+        dest_rule = drs.get(host)
+        subsets: list[tuple[str | None, dict[str, str], TrafficPolicy | None]] = [
+            (None, {}, dest_rule.traffic_policy if dest_rule else None)
+        ]
+        if dest_rule:
             subsets += [
-                (s.name, s.labels, _merge(dr.traffic_policy, s.traffic_policy)) for s in dr.subsets
+                (s.name, s.labels, _merge(dest_rule.traffic_policy, s.traffic_policy))
+                for s in dest_rule.subsets
             ]
         for number, sport in svc.ports.items():
             for subset, sel, policy in subsets:
@@ -249,7 +252,9 @@ def compile_snapshot(
             for rd in rule.route:
                 dhost = canonical_host(rd.destination.host, vs.meta.namespace)
                 choices.append(DestinationChoice(dhost, rd.destination.subset, rd.destination.port))
-                weights.append(100 if rd.weight is None and len(rule.route) == 1 else rd.weight or 0)
+                weights.append(
+                    100 if rd.weight is None and len(rule.route) == 1 else rd.weight or 0
+                )
                 _ensure_external_cluster(clusters, dhost, rd.destination.port, services)
             cumulative = []
             run = 0

@@ -81,7 +81,11 @@ class RouterFilter:
             raise NoRouteError(decision.reason, decision)
         decision.route = entry.name
         dests = entry.destinations
-        i = choose_weighted(entry.cumulative, entry.total, self.runtime.rng) if len(dests) > 1 else 0
+        i = (
+            choose_weighted(entry.cumulative, entry.total, self.runtime.rng)
+            if len(dests) > 1
+            else 0
+        )
         choice = dests[i]
         spec = self.snapshot.cluster_for(choice, call.port)
         cluster = self.runtime.clusters.get(spec.name) if spec is not None else None
@@ -90,7 +94,8 @@ class RouterFilter:
             port = choice.port or call.port
             decision.reason = (
                 f"no route for {call.host}:{call.port}: {entry.name} sends to "
-                f"{choice.host}:{port}" + (f" subset {choice.subset}" if choice.subset else "")
+                f"{choice.host}:{port}"
+                + (f" subset {choice.subset}" if choice.subset else "")
                 + ", which no ServiceEntry/DestinationRule defines"
             )
             raise NoRouteError(decision.reason, decision)
@@ -146,7 +151,9 @@ class RetryFilter:
             if retries >= allowed:
                 call.decision.add_flag("URX")
                 break
-            delay = backoff_delay(retries + 1, self.runtime.rng, policy.backoff_base, policy.backoff_cap)
+            delay = backoff_delay(
+                retries + 1, self.runtime.rng, policy.backoff_base, policy.backoff_cap
+            )
             if clock() + delay >= call.deadline:
                 break
             attempt.retry_on = cond

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pymesh.mesh import Mesh
 
 _INF = float("inf")
+DEFAULT_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 _monotonic = time.monotonic
 
 
@@ -167,7 +168,7 @@ class AsyncMeshResponseStream(httpx.AsyncByteStream):
             f"from {call.endpoint.label}"
         )
         out = HttpxMeshTimeoutError(d.reason, decision=d)
-        out._request = call.native  # type: ignore[attr-defined]
+        out._request = call.native
         return out
 
     async def aclose(self) -> None:
@@ -216,7 +217,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self,
         mesh: Mesh,
         *,
-        limits: httpx.Limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        limits: httpx.Limits = DEFAULT_LIMITS,
         passthrough: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._mesh = mesh

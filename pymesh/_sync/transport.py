@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pymesh.mesh import Mesh
 
 _INF = float("inf")
+DEFAULT_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 _monotonic = time.monotonic
 
 
@@ -168,7 +169,7 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
             f"from {call.endpoint.label}"
         )
         out = HttpxMeshTimeoutError(d.reason, decision=d)
-        out._request = call.native  # type: ignore[attr-defined]
+        out._request = call.native
         return out
 
     def close(self) -> None:
@@ -217,7 +218,7 @@ class MeshTransport(httpx.BaseTransport):
         self,
         mesh: Mesh,
         *,
-        limits: httpx.Limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        limits: httpx.Limits = DEFAULT_LIMITS,
         passthrough: httpx.BaseTransport | None = None,
     ) -> None:
         self._mesh = mesh

@@ -103,7 +103,9 @@ def record_result(
         healthy_intervals = int((now - state.returned_at) // cfg.interval)
         state.times = max(0, state.times - healthy_intervals)
     state.times += 1
-    duration = min(cfg.base_ejection_time * state.times, max(MAX_EJECTION_TIME, cfg.base_ejection_time))
+    duration = min(
+        cfg.base_ejection_time * state.times, max(MAX_EJECTION_TIME, cfg.base_ejection_time)
+    )
     state.ejected_until = now + duration
     state.consecutive_5xx = 0
     state.consecutive_gateway = 0

@@ -43,7 +43,7 @@ def string_test(m: StringMatch, ignore_case: bool = False) -> StrTest:
     if m.kind == "exact":
         if ignore_case:
             return lambda s: s.lower() == value
-        return value.__eq__  # type: ignore[return-value]
+        return value.__eq__
     if ignore_case:
         return lambda s: s.lower().startswith(value)
     return lambda s: s.startswith(value)

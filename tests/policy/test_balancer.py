@@ -55,7 +55,9 @@ def test_random_is_uniform() -> None:
         ((0, 9), "e1"),
     ],
 )
-def test_least_request_two_endpoints_always_takes_idler(actives: tuple[int, ...], never: str) -> None:
+def test_least_request_two_endpoints_always_takes_idler(
+    actives: tuple[int, ...], never: str
+) -> None:
     pool = eps(*actives)
     rng = random.Random(3)
     assert all(LeastRequestPolicy().pick(pool, rng).name != never for _ in range(200))
@@ -93,7 +95,9 @@ def test_balancer_for_names() -> None:
         ((10, 30, 60), (0.1, 0.3, 0.6)),
     ],
 )
-def test_choose_weighted_follows_weights(weights: tuple[int, ...], expected: tuple[float, ...]) -> None:
+def test_choose_weighted_follows_weights(
+    weights: tuple[int, ...], expected: tuple[float, ...]
+) -> None:
     cum = []
     run = 0
     for w in weights:

@@ -20,7 +20,9 @@ CFG = OutlierDetection(
 )
 
 
-def feed(state: OutlierState, statuses: list[int | None], now: float = 0.0, cfg: OutlierDetection = CFG):
+def feed(
+    state: OutlierState, statuses: list[int | None], now: float = 0.0, cfg: OutlierDetection = CFG
+):
     result = None
     for s in statuses:
         result = record_result(cfg, state, s, s is None, now, 0, 3)

@@ -83,7 +83,9 @@ def test_attempts_zero_disables() -> None:
     assert pol("5xx", 0).num_retries == 0
 
 
-@pytest.mark.parametrize(("n", "ceiling"), [(1, 0.025), (2, 0.075), (3, 0.175), (4, 0.25), (9, 0.25)])
+@pytest.mark.parametrize(
+    ("n", "ceiling"), [(1, 0.025), (2, 0.075), (3, 0.175), (4, 0.25), (9, 0.25)]
+)
 def test_backoff_full_jitter_within_envoy_bounds(n: int, ceiling: float) -> None:
     rng = random.Random(n)
     delays = [backoff_delay(n, rng) for _ in range(2000)]

@@ -62,8 +62,16 @@ def test_ignore_uri_case() -> None:
 
 
 MATCH_TABLE = [
-    (HTTPMatchRequest(headers={"end-user": exact("jason")}), Req(headers={"end-user": "jason"}), True),
-    (HTTPMatchRequest(headers={"end-user": exact("jason")}), Req(headers={"end-user": "bob"}), False),
+    (
+        HTTPMatchRequest(headers={"end-user": exact("jason")}),
+        Req(headers={"end-user": "jason"}),
+        True,
+    ),
+    (
+        HTTPMatchRequest(headers={"end-user": exact("jason")}),
+        Req(headers={"end-user": "bob"}),
+        False,
+    ),
     (HTTPMatchRequest(headers={"end-user": exact("jason")}), Req(), False),
     (HTTPMatchRequest(headers={"x-canary": None}), Req(headers={"x-canary": ""}), True),
     (HTTPMatchRequest(headers={"x-canary": None}), Req(), False),
