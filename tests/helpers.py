@@ -1,0 +1,16 @@
+"""Small helpers shared by tests (import as `from tests.helpers import free_port`)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago. Prefer binding port 0 and passing the
+    bound socket on; use this only where a port number must be known before the bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
