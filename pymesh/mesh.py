@@ -10,6 +10,7 @@ the snapshot they started with. In static mode the configuration comes from file
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any
@@ -48,6 +49,8 @@ class Mesh:
         self.service_account = service_account or service
         self.labels = dict(labels or {"app": service})
         self._config = config
+        self._sync_transports: weakref.WeakSet[MeshTransport] = weakref.WeakSet()
+        self._async_transports: weakref.WeakSet[AsyncMeshTransport] = weakref.WeakSet()
         snapshot = compile_snapshot(config, namespace, self.labels)
         if clock is None:
             self.runtime = Runtime(snapshot, rng=rng)
@@ -96,27 +99,46 @@ class Mesh:
 
     def transport(self, **kw: Any) -> MeshTransport:
         """A sync meshed transport, for `httpx.Client(transport=...)`."""
-        return MeshTransport(self, **kw)
+        transport = MeshTransport(self, **kw)
+        self._sync_transports.add(transport)
+        return transport
 
     def async_transport(self, **kw: Any) -> AsyncMeshTransport:
         """An async meshed transport, for `httpx.AsyncClient(transport=...)`."""
-        return AsyncMeshTransport(self, **kw)
+        transport = AsyncMeshTransport(self, **kw)
+        self._async_transports.add(transport)
+        return transport
 
     def http_client(self, **kwargs: Any) -> httpx.Client:
         """An `httpx.Client` whose requests go through the mesh (other keyword arguments go to
         httpx; `limits` sizes the mesh's connection pool)."""
         limits = kwargs.pop("limits", None)
-        transport = MeshTransport(self, limits=limits) if limits else MeshTransport(self)
+        transport = self.transport(limits=limits) if limits else self.transport()
         return httpx.Client(transport=transport, **kwargs)
 
     def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An `httpx.AsyncClient` whose requests go through the mesh."""
         limits = kwargs.pop("limits", None)
-        transport = AsyncMeshTransport(self, limits=limits) if limits else AsyncMeshTransport(self)
+        transport = self.async_transport(limits=limits) if limits else self.async_transport()
         return httpx.AsyncClient(transport=transport, **kwargs)
 
     def close(self) -> None:
-        """Release what the mesh holds (clients close their own pools)."""
+        """Close the connection pools of the sync clients this mesh made (async clients are
+        closed by `aclose()` or their own `aclose()`)."""
+        for transport in list(self._sync_transports):
+            transport.close()
+
+    async def aclose(self) -> None:
+        """Close the connection pools of every client this mesh made."""
+        for transport in list(self._async_transports):
+            await transport.aclose()
+        self.close()
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __enter__(self) -> Mesh:
         return self

@@ -39,6 +39,7 @@ from pymesh.snapshot import Snapshot
 
 # Timeouts close to the deadline count as the deadline's (timer granularity).
 _SLACK = 0.002
+_TIMEOUTS = (Failure.ROUTE_TIMEOUT, Failure.PER_TRY_TIMEOUT, Failure.TIMEOUT)
 
 
 class AsyncHandler(Protocol):
@@ -186,9 +187,11 @@ def _failure_error(call: Call, retries: int, now: float) -> Exception:
     n = len(attempts)
     what = f"{n} attempt" + ("s" if n != 1 else "")
     route = call.route
-    if last.failure in (Failure.ROUTE_TIMEOUT, Failure.PER_TRY_TIMEOUT) or now >= call.deadline:
+    if last.failure in _TIMEOUTS or now >= call.deadline:
         d.add_flag("UT")
         limits = []
+        if last.failure == Failure.TIMEOUT:
+            limits.append("the client's own httpx timeout")
         if route.timeout:
             limits.append(f"timeout {route.timeout:g}s")
         if route.retry.per_try_timeout:
