@@ -177,6 +177,7 @@ def compile_snapshot(
     services: dict[str, Service] = {}
     service_endpoints: dict[str, list[WorkloadEndpoint]] = {}
     resolution: dict[str, str] = {}
+    written: dict[str, str] = {}  # canonical host -> the name as the ServiceEntry wrote it
     for se in entries:
         eps = list(se.endpoints)
         if se.workload_selector is not None:
@@ -194,6 +195,7 @@ def compile_snapshot(
             services[host] = Service(host, {p.number: p for p in se.ports}, se.meta.ref)
             service_endpoints[host] = eps
             resolution[host] = se.resolution
+            written[host] = h.strip().rstrip(".")
 
     drs: dict[str, DestinationRule] = {}
     for dr in rules:
@@ -226,8 +228,8 @@ def compile_snapshot(
                     if all(e.labels.get(k) == v for k, v in sel.items())
                 )
                 if not eps and resolution[host] in ("DNS", "NONE", "DNS_ROUND_ROBIN"):
-                    # no endpoints: the host itself, resolved by DNS at connect time
-                    specs = (EndpointSpec(address=host, port=sport.target_port or number),)
+                    # no endpoints: the host itself as written, resolved by DNS at connect time
+                    specs = (EndpointSpec(address=written[host], port=sport.target_port or number),)
                 tp = policy or TrafficPolicy()
                 name = cluster_name(host, number, subset)
                 clusters[name] = ClusterSpec(

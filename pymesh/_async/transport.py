@@ -283,4 +283,4 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         await self._passthrough.aclose()
 
     def __repr__(self) -> str:
-        return f"AsyncMeshTransport(mesh={self._mesh!r})"
+        return f"{type(self).__name__}(mesh={self._mesh!r})"

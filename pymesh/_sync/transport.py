@@ -284,4 +284,4 @@ class MeshTransport(httpx.BaseTransport):
         self._passthrough.close()
 
     def __repr__(self) -> str:
-        return f"AsyncMeshTransport(mesh={self._mesh!r})"
+        return f"{type(self).__name__}(mesh={self._mesh!r})"

@@ -1,0 +1,1 @@
+"""`pymeshctl`, pymesh's command line (the typer app is `pymesh.cli.main.app`)."""
