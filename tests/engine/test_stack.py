@@ -27,7 +27,7 @@ from pymesh.errors import (
     UpstreamConnectError,
 )
 from pymesh.runtime import Runtime
-from pymesh.snapshot import compile_snapshot
+from pymesh.snapshot import Snapshot, compile_snapshot
 
 SERVICE = """
 apiVersion: networking.istio.io/v1
@@ -119,6 +119,27 @@ class Sender:
         return resp
 
 
+def make_call(
+    snap: Snapshot, name: str, headers: dict[str, str] | None = None, replayable: bool = True
+) -> Call:
+    host = snap.resolve(name)
+    assert host is not None
+    return Call(
+        direction="outbound",
+        protocol="http",
+        scheme="http",
+        host=host,
+        port=9080,
+        authority="reviews:9080",
+        method="GET",
+        target=b"/",
+        headers=dict(headers or {}),
+        native=None,
+        replayable=replayable,
+        decision=Decision(snap.version, host),
+    )
+
+
 def run(
     yaml: str,
     script: list[Any],
@@ -137,22 +158,7 @@ def run(
         runtime.apply(snap)
     sender = Sender(clock, script, cost)
     top = astack.build_client_stack(snap, runtime, sender)
-    host = snap.resolve("reviews")
-    assert host is not None
-    call = Call(
-        direction="outbound",
-        protocol="http",
-        scheme="http",
-        host=host,
-        port=9080,
-        authority="reviews:9080",
-        method="GET",
-        target=b"/",
-        headers=dict(headers or {}),
-        native=None,
-        replayable=replayable,
-        decision=Decision(snap.version, host),
-    )
+    call = make_call(snap, "reviews", headers, replayable)
 
     async def sleep(seconds: float) -> None:
         clock.now += seconds
@@ -389,22 +395,7 @@ def test_sync_twin_behaves_the_same() -> None:
             return SyncResponse(next(statuses))
 
     top = sstack.build_client_stack(snap, runtime, SyncSender())
-    host = snap.resolve("reviews.default")
-    assert host is not None
-    call = Call(
-        direction="outbound",
-        protocol="http",
-        scheme="http",
-        host=host,
-        port=9080,
-        authority="reviews:9080",
-        method="GET",
-        target=b"/",
-        headers={},
-        native=None,
-        replayable=True,
-        decision=Decision(snap.version, host),
-    )
+    call = make_call(snap, "reviews.default")
     orig = sstack.sync_sleep
     sstack.sync_sleep = lambda s: None  # type: ignore[assignment]
     try:
