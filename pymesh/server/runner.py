@@ -1,0 +1,108 @@
+"""Run an ASGI app on uvicorn with the mesh: `Mesh.serve(...)` and `Mesh.server(...)`.
+
+How this works: `MeshServer` builds a uvicorn `Config` whose protocol class is
+`MeshHttpToolsProtocol` (the TLS peer in scope) and whose SSL context comes from the mesh's
+identity through `ssl_context_factory` (servers pick the current context per handshake, so
+certificate rotation needs no restart). `start()` runs uvicorn on its own thread and event
+loop and returns once the socket listens (port 0 picks a free port, read back from `port`);
+`stop()` asks uvicorn to finish in-flight requests and waits. `run()` blocks in the calling
+thread, as `uvicorn.run` does.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from pymesh.server.protocol import PeerVerifier, protocol_class
+
+
+class MeshServer:
+    """One uvicorn server for one ASGI app, with the mesh's TLS and peer checks."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        verify_peer: PeerVerifier | None = None,
+        log_level: str = "warning",
+        **uvicorn_options: Any,
+    ) -> None:
+        factory = None
+        if ssl_context is not None:
+            make = ssl_context
+
+            def factory(
+                _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
+            ) -> ssl.SSLContext:
+                return make()
+
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http=protocol_class(verify_peer),
+            ssl_context_factory=factory,
+            log_level=log_level,
+            lifespan=uvicorn_options.pop("lifespan", "auto"),
+            **uvicorn_options,
+        )
+        self.server = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+        self.scheme = "https" if ssl_context is not None else "http"
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (after `start()`)."""
+        servers = self.server.servers
+        if not servers:
+            raise RuntimeError("server not started")
+        port: int = servers[0].sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """`http(s)://host:port` of the running server."""
+        return f"{self.scheme}://{self.config.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> MeshServer:
+        """Serve on a background thread; return once listening (or raise)."""
+        self._thread = threading.Thread(target=self.server.run, name="pymesh-server", daemon=True)
+        self._thread.start()
+        waited = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if self.server.started or not self._thread.is_alive():
+                break
+            waited.wait(0.01)
+        if not self.server.started:
+            self.stop()
+            raise RuntimeError(f"server did not start on {self.config.host}:{self.config.port}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish in-flight requests and stop."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        """Serve in the calling thread until interrupted (as `uvicorn.run`)."""
+        self.server.run()
+
+    def __enter__(self) -> MeshServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.url if self.server.started else f"{self.config.host}:{self.config.port}"
+        return f"MeshServer({where})"
