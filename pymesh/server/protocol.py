@@ -26,7 +26,7 @@ log = logging.getLogger("pymesh.server")
 # TLS versions as the ASGI TLS extension spells them (the TLS wire codes).
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
-PeerVerifier = Callable[[bytes], str]
+PeerVerifier = Callable[[ssl.SSLObject], str]
 
 
 def tls_extension(ssl_object: ssl.SSLObject, peer: str | None) -> dict[str, Any]:
@@ -65,12 +65,11 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         if ssl_object is None:
             self._tls = None
             return
-        der = ssl_object.getpeercert(binary_form=True)
         peer: str | None = None
         verify = type(self).verify_peer
-        if der and verify is not None:
+        if verify is not None and ssl_object.getpeercert(binary_form=True):
             try:
-                peer = verify(der)
+                peer = verify(ssl_object)
             except MeshError as exc:
                 log.warning("refused TLS peer %s: %s", self.client, exc)
                 transport.close()

@@ -124,7 +124,8 @@ def uri_san(der: bytes) -> str:
 def test_peer_identity_reaches_the_app_once_per_connection(pki: dict[str, Path]) -> None:
     calls = []
 
-    def verify(der: bytes) -> str:
+    def verify(ssl_object: ssl.SSLObject) -> str:
+        der = ssl_object.getpeercert(binary_form=True)
         calls.append(der)
         return uri_san(der)
 
@@ -141,7 +142,7 @@ def test_peer_identity_reaches_the_app_once_per_connection(pki: dict[str, Path])
 
 
 def test_refused_peer_gets_no_request_through(pki: dict[str, Path]) -> None:
-    def refuse(der: bytes) -> str:
+    def refuse(ssl_object: ssl.SSLObject) -> str:
         raise MeshError("not expected")
 
     seen.clear()
