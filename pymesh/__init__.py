@@ -8,7 +8,9 @@ from pymesh._async.transport import AsyncMeshTransport
 from pymesh._sync.transport import MeshTransport
 from pymesh.errors import (
     CallError,
+    CircuitOpenError,
     ConfigError,
+    EgressDeniedError,
     MeshError,
     MeshTimeoutError,
     NoHealthyEndpointError,
@@ -23,7 +25,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncMeshTransport",
     "CallError",
+    "CircuitOpenError",
     "ConfigError",
+    "EgressDeniedError",
     "Mesh",
     "MeshError",
     "MeshTimeoutError",

@@ -17,6 +17,10 @@ class HttpxNoRouteError(errors.NoRouteError, httpx.TransportError):
     """`pymesh.NoRouteError` as an `httpx.TransportError`."""
 
 
+class HttpxEgressDeniedError(errors.EgressDeniedError, httpx.TransportError):
+    """`pymesh.EgressDeniedError` as an `httpx.TransportError`."""
+
+
 class HttpxNoHealthyEndpointError(errors.NoHealthyEndpointError, httpx.TransportError):
     """`pymesh.NoHealthyEndpointError` as an `httpx.TransportError`."""
 
@@ -29,16 +33,22 @@ class HttpxRetriesExhaustedError(errors.RetriesExhaustedError, httpx.TransportEr
     """`pymesh.RetriesExhaustedError` as an `httpx.TransportError`."""
 
 
+class HttpxCircuitOpenError(errors.CircuitOpenError, httpx.TransportError):
+    """`pymesh.CircuitOpenError` as an `httpx.TransportError`."""
+
+
 class HttpxUpstreamConnectError(errors.UpstreamConnectError, httpx.ConnectError):
     """`pymesh.UpstreamConnectError` as an `httpx.ConnectError`."""
 
 
 _FOR: dict[type[errors.CallError], type[errors.CallError]] = {
     errors.NoRouteError: HttpxNoRouteError,
+    errors.EgressDeniedError: HttpxEgressDeniedError,
     errors.NoHealthyEndpointError: HttpxNoHealthyEndpointError,
     errors.MeshTimeoutError: HttpxMeshTimeoutError,
     errors.RetriesExhaustedError: HttpxRetriesExhaustedError,
     errors.UpstreamConnectError: HttpxUpstreamConnectError,
+    errors.CircuitOpenError: HttpxCircuitOpenError,
 }
 
 

@@ -43,6 +43,7 @@ class Decision:
         "destination",
         "endpoint_reason",
         "flags",
+        "notes",
         "reason",
         "route",
         "service",
@@ -60,6 +61,11 @@ class Decision:
         self.attempts: list[Attempt] = []
         self.flags: list[str] = []
         self.reason = ""
+        self.notes: list[str] = []  # what else the route did: mirrors sent or skipped, faults
+
+    def note(self, text: str) -> None:
+        """Record something the route did that is not an attempt (a mirror, a fault)."""
+        self.notes.append(text)
 
     def add_flag(self, flag: str) -> None:
         """Add an Envoy response flag once."""
@@ -92,6 +98,7 @@ class Decision:
             ],
             "response_flags": self.response_flags,
             "reason": self.reason,
+            "notes": list(self.notes),
         }
 
     def __repr__(self) -> str:
@@ -107,6 +114,13 @@ class Call:
 
     `native` is the adapter's own request object; `deadline` is absolute on the monotonic clock
     (`inf` when none); `replayable` says whether the body was buffered and may be sent again.
+
+    What goes upstream may differ from what the caller sent (VirtualService `rewrite` and
+    `headers`): a sender builds its request from `send_target` (the raw path and query; equal
+    to `target` unless rewritten) and `send_headers` (None: the native request's headers as they
+    are; else the full header list to send, the Host header carrying a rewritten authority).
+    `response_ops` (None, or a `pymesh.policy.header_ops.HeaderOps` sequence) are the response
+    header operations the edge applies before handing the response back.
     """
 
     __slots__ = (
@@ -118,6 +132,7 @@ class Call:
         "decision",
         "direction",
         "endpoint",
+        "hash_key",
         "host",
         "method",
         "native",
@@ -127,8 +142,12 @@ class Call:
         "protocol",
         "query",
         "replayable",
+        "response_ops",
         "route",
         "scheme",
+        "send_headers",
+        "send_target",
+        "set_cookie",
         "target",
         "tried",
     )
@@ -174,11 +193,27 @@ class Call:
         self.endpoint: Any = None  # the EndpointState of the current attempt
         self.attempt_deadline = deadline
         self.tried: list[Any] = []  # endpoints earlier attempts used
+        # consistent hashing (balancer tier, first attempt): the call's hash key (None: none),
+        # and a `Set-Cookie` value the edge adds to the response when the cookie was generated
+        self.hash_key: int | None = None
+        self.set_cookie: str | None = None
+        # what the sender sends (the route tier rewrites these; see the class docstring)
+        self.send_target = target
+        self.send_headers: list[tuple[bytes, bytes]] | None = None
+        self.response_ops: Any = None
 
     def header(self, name: str) -> str | None:
         """A request header by lower-case name; repeated headers joined by ','."""
         got: str | None = self._headers.get(name)
         return got
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The request headers as the caller sent them, as raw (name, value) byte pairs."""
+        h = self._headers
+        raw = getattr(h, "raw", None)
+        if raw is not None:
+            return list(raw)
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h.items()]
 
     def __repr__(self) -> str:
         return f"Call({self.method} {self.scheme}://{self.authority}{self.path})"

@@ -33,6 +33,13 @@ class NoRouteError(CallError):
     flags = "NR"
 
 
+class EgressDeniedError(NoRouteError):
+    """The host is not a mesh service this workload may call, and its Sidecar's
+    `outboundTrafficPolicy` is REGISTRY_ONLY (Envoy's BlackHoleCluster: flag NR)."""
+
+    flags = "NR"
+
+
 class NoHealthyEndpointError(CallError):
     """The destination has no endpoint to send to: none defined or all ejected (flag UH)."""
 
@@ -49,6 +56,13 @@ class RetriesExhaustedError(CallError):
     """Every allowed attempt failed to reach the upstream (flags URX plus the last cause)."""
 
     flags = "URX"
+
+
+class CircuitOpenError(CallError):
+    """A connection-pool limit of the destination (DestinationRule `connectionPool`, Envoy's
+    circuit breakers) refused the call at once, rather than queueing it (flag UO)."""
+
+    flags = "UO"
 
 
 class UpstreamConnectError(CallError):

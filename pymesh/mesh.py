@@ -18,10 +18,16 @@ from typing import Any
 import httpx
 
 from pymesh._async.transport import AsyncMeshTransport
+from pymesh._httpx_client import lean_cookies
 from pymesh._sync.transport import MeshTransport
+from pymesh.asgi import MeshMiddleware
 from pymesh.config import load_files, load_text
 from pymesh.config.model import ConfigSet
+from pymesh.identity import CertificateAuthority, SpiffeId, WorkloadIdentity
+from pymesh.inbound import InboundPolicy
+from pymesh.policy.peerauthn import listener_tls
 from pymesh.runtime import Runtime
+from pymesh.server.runner import MeshServer
 from pymesh.snapshot import Snapshot, compile_snapshot
 
 
@@ -31,6 +37,7 @@ class Mesh:
     `Mesh.from_files("mesh.yaml", service="frontend", namespace="default")` reads Istio YAML;
     `mesh.http_client()` and `mesh.async_http_client()` return httpx clients whose requests to
     mesh services are routed, balanced, retried, timed out and ejected by that configuration.
+    `locality="region/zone/subzone"` places the workload for locality load balancing.
     """
 
     def __init__(
@@ -41,6 +48,10 @@ class Mesh:
         namespace: str = "default",
         service_account: str | None = None,
         labels: Mapping[str, str] | None = None,
+        locality: str | None = None,
+        ca: CertificateAuthority | str | PathLike[str] | None = None,
+        identity: WorkloadIdentity | None = None,
+        trust_domain: str = "cluster.local",
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -48,10 +59,26 @@ class Mesh:
         self.namespace = namespace
         self.service_account = service_account or service
         self.labels = dict(labels or {"app": service})
+        # `region/zone/subzone` for locality load balancing; None: from this workload's own
+        # WorkloadEntry (same namespace, labels including `labels`), if there is one
+        self.locality = locality
         self._config = config
+        self.trust_domain = trust_domain
+        self.spiffe_id = SpiffeId.workload(trust_domain, namespace, self.service_account)
+        if identity is None and ca is not None:
+            authority = (
+                ca
+                if isinstance(ca, CertificateAuthority)
+                else CertificateAuthority.load_or_create(ca, trust_domain=trust_domain)
+            )
+            identity = WorkloadIdentity.from_ca(authority, self.spiffe_id)
+        # the workload's SVID and mTLS contexts (None: plaintext, no identity)
+        self.identity = identity
+        self._identity_started = False
+        self._inbound: tuple[ConfigSet, InboundPolicy] | None = None
         self._sync_transports: weakref.WeakSet[MeshTransport] = weakref.WeakSet()
         self._async_transports: weakref.WeakSet[AsyncMeshTransport] = weakref.WeakSet()
-        snapshot = compile_snapshot(config, namespace, self.labels)
+        snapshot = compile_snapshot(config, namespace, self.labels, locality=locality)
         if clock is None:
             self.runtime = Runtime(snapshot, rng=rng)
         else:
@@ -93,7 +120,7 @@ class Mesh:
 
     def update(self, config: ConfigSet) -> None:
         """Switch to new configuration: new calls use it, calls in flight finish on the old."""
-        snapshot = compile_snapshot(config, self.namespace, self.labels)
+        snapshot = compile_snapshot(config, self.namespace, self.labels, locality=self.locality)
         self._config = config
         self.runtime.apply(snapshot)
 
@@ -111,22 +138,84 @@ class Mesh:
 
     def http_client(self, **kwargs: Any) -> httpx.Client:
         """An `httpx.Client` whose requests go through the mesh (other keyword arguments go to
-        httpx; `limits` sizes the mesh's connection pool)."""
-        limits = kwargs.pop("limits", None)
-        transport = self.transport(limits=limits) if limits else self.transport()
-        return httpx.Client(transport=transport, **kwargs)
+        httpx; `limits` sizes the mesh's connection pool, which is httpcore's)."""
+        client = httpx.Client(transport=self.transport(**_pool_options(kwargs)), **kwargs)
+        return lean_cookies(client)
 
     def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """An `httpx.AsyncClient` whose requests go through the mesh."""
-        limits = kwargs.pop("limits", None)
-        transport = self.async_transport(limits=limits) if limits else self.async_transport()
-        return httpx.AsyncClient(transport=transport, **kwargs)
+        """An `httpx.AsyncClient` whose requests go through the mesh (other keyword arguments
+        go to httpx). `limits` sizes the mesh's connection pool (per endpoint); `pool="httpcore"`
+        uses httpcore's pool instead of pymesh's lean HTTP/1.1 pool (`pool="auto"`). Cookie
+        handling skips parsing responses that set no cookie (`pymesh._httpx_client`)."""
+        transport = self.async_transport(**_pool_options(kwargs))
+        return lean_cookies(httpx.AsyncClient(transport=transport, **kwargs))
+
+    def inbound_policy(self) -> InboundPolicy:
+        """The PeerAuthentication / AuthorizationPolicy decisions for this workload, compiled
+        once per configuration (servers and middleware call this per request)."""
+        cached = self._inbound
+        config = self._config
+        if cached is None or cached[0] is not config:
+            policy = InboundPolicy.compile(
+                config,
+                namespace=self.namespace,
+                labels=self.labels,
+                trust_domain=self.trust_domain,
+            )
+            cached = (config, policy)
+            self._inbound = cached
+        return cached[1]
+
+    def _start_identity(self) -> WorkloadIdentity | None:
+        identity = self.identity
+        if identity is not None and not self._identity_started:
+            identity.start()
+            self._identity_started = True
+        return identity
+
+    def server(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any
+    ) -> MeshServer:
+        """A uvicorn server for `app` behind the mesh's inbound policy, with mTLS when the mesh
+        has an identity (the peer's SPIFFE ID checked once per connection). Call `start()`
+        (background thread; `port` 0 picks a free port) or `run()` (blocks)."""
+        identity = self._start_identity()
+        wrapped = MeshMiddleware(app, self)
+        if identity is None:
+            return MeshServer(wrapped, host=host, port=port, **uvicorn_options)
+        mode = self.inbound_policy().peer_authn.mode_for(port)
+        tls = listener_tls(mode)
+        if not tls.offer:
+            return MeshServer(wrapped, host=host, port=port, **uvicorn_options)
+        checked = identity
+
+        def verify(ssl_object: Any) -> str:
+            return checked.check_peer(ssl_object, peer_role="client").uri
+
+        return MeshServer(
+            wrapped,
+            host=host,
+            port=port,
+            ssl_context=lambda: checked.server_context(
+                require_client_cert=tls.client_cert == "required"
+            ),
+            verify_peer=verify,
+            plaintext_too=not tls.require,
+            **uvicorn_options,
+        )
+
+    def serve(self, app: Any, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+        """Serve `app` with the mesh until interrupted (as `uvicorn.run`)."""
+        self.server(app, host=host, port=port, **options).run()
 
     def close(self) -> None:
         """Close the connection pools of the sync clients this mesh made (async clients are
-        closed by `aclose()` or their own `aclose()`)."""
+        closed by `aclose()` or their own `aclose()`), and stop certificate renewal."""
         for transport in list(self._sync_transports):
             transport.close()
+        if self.identity is not None and self._identity_started:
+            self.identity.stop()
+            self._identity_started = False
 
     async def aclose(self) -> None:
         """Close the connection pools of every client this mesh made."""
@@ -151,3 +240,8 @@ class Mesh:
             f"Mesh(service={self.service!r}, namespace={self.namespace!r}, "
             f"snapshot={self.runtime.snapshot.version!r})"
         )
+
+
+def _pool_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the mesh transport's options (`limits`, `pool`) out of httpx client kwargs."""
+    return {k: kwargs.pop(k) for k in ("limits", "pool") if kwargs.get(k) is not None}

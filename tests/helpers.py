@@ -14,3 +14,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def shared_data(name: str) -> Path:
+    """A file of the team's shared test data (`../shared/data/` beside the repository, as CI
+    lays it out; `/work/shared/data` on a developer machine). Missing data is an error, never
+    a skip: these tables are what the tests prove."""
+    for base in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"shared test data {name} not found beside the repository")

@@ -3,11 +3,14 @@
 How this works: `AsyncMeshTransport` resolves the request's host against the current snapshot.
 A host the mesh does not know passes through to a plain httpx transport (ALLOW_ANY). A known
 host becomes one `Call`, which goes down the stack of `stack.py`; the endpoint tier's
-`AsyncEndpointSender` builds the httpcore request from (endpoint address, port, raw target) —
-no `httpx.URL` rewriting — and sends it over an httpcore pool whose network backend clamps every
-connect, read and write timeout to the attempt's deadline (`pymesh._shim.DEADLINE`). The body
-stream handed back to httpx keeps that clamp while it is read, so a route timeout fires while a
-body is still streaming, and it releases the endpoint's in-flight count when closed.
+sender sends the attempt to (endpoint address, port, raw target) — no `httpx.URL` rewriting.
+The async client's sender is the lean HTTP/1.1 pool of `pymesh.http1` (asyncio Protocols and
+httptools; the shim `async_lean_pool` makes it) unless `pool="httpcore"` is asked for; the sync
+client's is `EndpointSender` over an httpcore pool whose network backend clamps every connect,
+read and write timeout to the attempt's deadline (`pymesh._shim.DEADLINE`). Either way the body
+stream handed back to httpx (`AsyncMeshResponseStream`) keeps the deadline while it is read, so
+a route timeout fires while a body is still streaming, and it releases the endpoint's in-flight
+count when closed.
 
 The stack is rebuilt when the mesh holds a new snapshot; a call in flight keeps the stack it
 started with. Async source; `pymesh/_sync/transport.py` is generated from it.
@@ -22,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 import httpcore
 import httpx
 
-from pymesh._async.stack import RouterFilter, build_client_stack
+from pymesh._async.stack import AsyncSender, RouterFilter, build_client_stack, egress_denied
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
-from pymesh._shim import DEADLINE
+from pymesh._shim import DEADLINE, async_lean_pool
 from pymesh.call import Call, Decision
 from pymesh.errors import CallError
+from pymesh.policy.header_ops import apply_header_ops
+from pymesh.policy.local import LocalReply
 from pymesh.runtime import EndpointState
 
 if TYPE_CHECKING:
@@ -192,10 +197,15 @@ class AsyncEndpointSender:
         """Send `call` to `call.endpoint` under the attempt's deadline."""
         ep = call.endpoint
         request: httpx.Request = call.native
+        # What goes upstream is `call.send_target` / `call.send_headers` (None: the request's
+        # own headers): the route tier puts VirtualService rewrites and header operations there.
+        headers = call.send_headers if call.send_headers is not None else request.headers.raw
         core = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=b"http", host=ep.address, port=ep.port, target=call.target),
-            headers=request.headers.raw,
+            url=httpcore.URL(
+                scheme=b"http", host=ep.address, port=ep.port, target=call.send_target
+            ),
+            headers=headers,
             content=request.stream,
             extensions=request.extensions,
         )
@@ -211,7 +221,11 @@ class AsyncEndpointSender:
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """An httpx transport that routes, balances, retries, times out and ejects by the mesh's
     Istio configuration. Use it through `Mesh.async_http_client()` or pass it to
-    `httpx.AsyncClient(transport=...)` yourself."""
+    `httpx.AsyncClient(transport=...)` yourself.
+
+    `pool` picks the connection pool to mesh endpoints: "auto" (the async client's lean
+    HTTP/1.1 pool, httpcore's for the sync client), "lean", or "httpcore"; `limits` sizes it
+    (per endpoint for the lean pool)."""
 
     def __init__(
         self,
@@ -219,15 +233,22 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         *,
         limits: httpx.Limits = DEFAULT_LIMITS,
         passthrough: httpx.AsyncBaseTransport | None = None,
+        pool: str = "auto",
     ) -> None:
         self._mesh = mesh
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=AsyncDeadlineBackend(),
-        )
-        self._sender = AsyncEndpointSender(self._pool)
+        self._lean = async_lean_pool(pool, limits)
+        self._pool: httpcore.AsyncConnectionPool | None = None
+        self._sender: AsyncSender
+        if self._lean is not None:
+            self._sender = self._lean
+        else:
+            self._pool = httpcore.AsyncConnectionPool(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=AsyncDeadlineBackend(),
+            )
+            self._sender = AsyncEndpointSender(self._pool)
         self._passthrough = passthrough or httpx.AsyncHTTPTransport(limits=limits)
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
@@ -247,10 +268,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         stack = self._current_stack()
         snapshot = stack.snapshot
         url = request.url
-        host = snapshot.resolve(url.host)
-        if host is None:
-            return await self._passthrough.handle_async_request(request)
         port = url.port or (443 if url.scheme == "https" else 80)
+        host = snapshot.resolve(url.host)
+        egress = snapshot.egress
+        if host is None or (egress is not None and not egress.allows(host, port)):
+            # not a mesh service this workload may call (Sidecar egress): refused under
+            # REGISTRY_ONLY, passed through to the network under ALLOW_ANY (the default)
+            if egress is not None and egress.registry_only:
+                raise to_httpx(egress_denied(snapshot, url.host, host, port), request)
+            return await self._passthrough.handle_async_request(request)
         call = Call(
             direction="outbound",
             protocol="http",
@@ -270,16 +296,30 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         except CallError as exc:
             raise to_httpx(exc, request) from exc.__cause__
         response = outcome.native
+        ops = call.response_ops  # VirtualService `headers.response`, applied here
+        if type(response) is LocalReply:  # redirect, directResponse, fault abort: no upstream
+            return httpx.Response(
+                status_code=response.status,
+                headers=apply_header_ops(response.headers, ops) if ops else response.headers,
+                content=response.body,
+                extensions={"pymesh.decision": outcome.decision},
+            )
+        headers = apply_header_ops(response.headers, ops) if ops else response.headers
+        if call.set_cookie is not None:  # consistent hashing made the cookie up (as Envoy)
+            headers = [*headers, (b"set-cookie", call.set_cookie.encode("latin-1"))]
         return httpx.Response(
             status_code=response.status,
-            headers=response.headers,
+            headers=headers,
             stream=response.stream,
             extensions={**response.extensions, "pymesh.decision": outcome.decision},
         )
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._pool.aclose()
+        if self._lean is not None:
+            await self._lean.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
         await self._passthrough.aclose()
 
     def __repr__(self) -> str:

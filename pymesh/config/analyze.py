@@ -2,12 +2,15 @@
 
 Checks, with Istio's analyzer codes where Istio has one:
 
-- IST0101 (error): a route names a subset that no DestinationRule for its host defines;
+- IST0101 (error): a route (or mirror) names a subset that no DestinationRule for its host
+  defines;
 - IST0109 (error): two VirtualServices claim the same host;
 - IST0174 (warning): a DestinationRule's host matches no ServiceEntry host;
 - PM0101 (warning): a route's destination host matches no ServiceEntry host (it may be an
   external name that passes through);
-- PM0102 (warning): more than one DestinationRule configures one host (pymesh uses the first).
+- PM0102 (warning): more than one DestinationRule configures one host (pymesh uses the first);
+- PM0103 (warning): a traffic policy sets `localityLbSetting` but no `outlierDetection` applies
+  to it (Istio's footgun: nothing is ever marked unhealthy, so traffic never fails over).
 
 Hosts are compared in canonical form (`pymesh.config.hosts.canonical_host`), each seen from the
 namespace of the resource that names it. Resources that failed validation take part only as far
@@ -17,10 +20,18 @@ as needed to avoid follow-on noise (a broken DestinationRule still "has" its hos
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pymesh.config.findings import Finding, Severity
 from pymesh.config.hosts import canonical_host, host_matches
-from pymesh.config.model import DestinationRule, ServiceEntry, VirtualService
+from pymesh.config.model import (
+    DestinationRule,
+    LocalityLbSetting,
+    OutlierDetection,
+    ServiceEntry,
+    TrafficPolicy,
+    VirtualService,
+)
 from pymesh.config.validate import Parsed
 
 
@@ -42,6 +53,50 @@ def _raw_strings(value: object) -> list[str]:
     if isinstance(value, list):
         return [v for v in value if isinstance(v, str)]
     return []
+
+
+def _locality_findings(p: Parsed, dr: DestinationRule) -> list[Finding]:
+    """PM0103 for every policy of `dr` whose localityLbSetting has no outlierDetection."""
+    out: list[Finding] = []
+
+    def check(tp: TrafficPolicy | None, od: OutlierDetection | None, rel: str) -> None:
+        if tp is None:
+            return
+        lbs = tp.load_balancer
+        loc: LocalityLbSetting | None = lbs.locality_lb_setting if lbs is not None else None
+        if loc is not None and loc.enabled is not False and od is None:
+            effect = (
+                "a locality whose endpoints fail keeps its distribute share"
+                if loc.distribute
+                else "traffic never fails over to another locality (Istio does not apply "
+                "failover without it)"
+            )
+            out.append(
+                _finding(
+                    p,
+                    "PM0103",
+                    "warning",
+                    f"{rel}.loadBalancer.localityLbSetting",
+                    f"localityLbSetting without outlierDetection: no endpoint is ever marked "
+                    f"unhealthy, so {effect}; add outlierDetection",
+                )
+            )
+        for k, pl in enumerate(tp.port_level_settings):
+            check(
+                TrafficPolicy(load_balancer=pl.load_balancer),
+                pl.outlier_detection,
+                f"{rel}.portLevelSettings[{k}]",
+            )
+
+    top = dr.traffic_policy
+    check(top, top.outlier_detection if top else None, "spec.trafficPolicy")
+    for i, s in enumerate(dr.subsets):
+        tp = s.traffic_policy
+        if tp is None:
+            continue
+        od = tp.outlier_detection or (top.outlier_detection if top else None)
+        check(tp, od, f"spec.subsets[{i}].trafficPolicy")
+    return out
 
 
 def analyze_parsed(parsed: Sequence[Parsed]) -> list[Finding]:
@@ -76,6 +131,7 @@ def analyze_parsed(parsed: Sequence[Parsed]) -> list[Finding]:
         if isinstance(p.resource, DestinationRule):
             host = canonical_host(p.resource.host, p.meta.namespace)
             rules.setdefault(host, []).append((p, p.resource))
+            findings += _locality_findings(p, p.resource)
             if not defined(host):
                 findings.append(
                     _finding(
@@ -142,10 +198,26 @@ def analyze_parsed(parsed: Sequence[Parsed]) -> list[Finding]:
         if not isinstance(vs, VirtualService):
             continue
         ns = vs.meta.namespace
+        http = p.spec.get("http")
+        raw_rules: list[Any] = http if isinstance(http, list) else []
         for i, rule in enumerate(vs.http):
-            for j, rd in enumerate(rule.route):
-                rel = f"spec.http[{i}].route[{j}].destination"
-                dest = rd.destination
+            targets = [
+                (f"spec.http[{i}].route[{j}].destination", rd.destination)
+                for j, rd in enumerate(rule.route)
+            ]
+            single = (
+                i < len(raw_rules) and isinstance(raw_rules[i], dict) and "mirror" in raw_rules[i]
+            )
+            targets += [  # mirror destinations: the same checks
+                (
+                    f"spec.http[{i}].mirror"
+                    if single
+                    else f"spec.http[{i}].mirrors[{k}].destination",
+                    m.destination,
+                )
+                for k, m in enumerate(rule.mirrors)
+            ]
+            for rel, dest in targets:
                 host = canonical_host(dest.host, ns)
                 if not defined(host):
                     findings.append(

@@ -47,6 +47,10 @@ CODES: dict[str, tuple[str, str]] = {
     "PM0014": ("DuplicateResource", "Two documents define the same kind, namespace and name."),
     "PM0101": ("DestinationHostNotFound", "A route sends to a host no ServiceEntry defines."),
     "PM0102": ("MultipleDestinationRules", "More than one DestinationRule configures a host."),
+    "PM0103": (
+        "LocalityLbWithoutOutlierDetection",
+        "Locality load balancing is set where no outlierDetection can mark endpoints unhealthy.",
+    ),
     "IST0101": ("ReferencedResourceNotFound", "A referenced resource (e.g. a subset) is missing."),
     "IST0109": (
         "ConflictingMeshGatewayVirtualServiceHosts",

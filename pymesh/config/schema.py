@@ -111,9 +111,12 @@ def sup(
     check: str = "",
     oneof: str = "",
     deprecated: str = "",
+    alias_of: str = "",
 ) -> Field:
     """A SUPPORTED field."""
-    return Field(t, S, required=required, check=check, oneof=oneof, deprecated=deprecated)
+    return Field(
+        t, S, required=required, check=check, oneof=oneof, deprecated=deprecated, alias_of=alias_of
+    )
 
 
 def off(t: FieldType = ANY, note: str = "") -> Field:
@@ -176,20 +179,97 @@ MESSAGES["HTTPRoute"] = {
     "name": sup(STRING),
     "match": sup(ListOf(Message("HTTPMatchRequest"))),
     "route": sup(ListOf(Message("HTTPRouteDestination"))),
-    "redirect": ny("redirects"),
-    "directResponse": ny("direct responses"),
+    "redirect": sup(Message("HTTPRedirect")),
+    "directResponse": sup(Message("HTTPDirectResponse")),
     "delegate": ny("VirtualService delegation"),
-    "rewrite": ny("rewrites"),
+    "rewrite": sup(Message("HTTPRewrite")),
     "timeout": sup(DURATION, check="min_1ms"),
     "retries": sup(Message("HTTPRetry")),
-    "fault": ny("fault injection"),
-    "mirror": ny("traffic mirroring"),
-    "mirrors": ny("traffic mirroring"),
-    "mirrorPercent": ny("traffic mirroring", deprecated="use mirrorPercentage"),
-    "mirror_percent": ny("traffic mirroring", alias_of="mirrorPercent"),
-    "mirrorPercentage": ny("traffic mirroring"),
-    "corsPolicy": ny("CORS policies"),
-    "headers": ny("header manipulation"),
+    "fault": sup(Message("HTTPFaultInjection")),
+    "mirror": sup(Message("Destination")),
+    "mirrors": sup(ListOf(Message("HTTPMirrorPolicy"))),
+    "mirrorPercent": sup(
+        UINT32, check="percent", oneof="mirrorPercent", deprecated="use mirrorPercentage"
+    ),
+    "mirror_percent": sup(
+        UINT32,
+        check="percent",
+        oneof="mirrorPercent",
+        alias_of="mirrorPercent",
+        deprecated="use mirrorPercentage",
+    ),
+    "mirrorPercentage": sup(Message("Percent"), oneof="mirrorPercent"),
+    "corsPolicy": sup(Message("CorsPolicy")),
+    "headers": sup(Message("Headers")),
+}
+MESSAGES["Percent"] = {
+    "value": sup(DOUBLE, check="percent_double"),
+}
+MESSAGES["HTTPRedirect"] = {
+    "uri": sup(STRING, check="uri_path"),
+    "authority": sup(STRING, check="authority"),
+    "port": sup(UINT32, check="port", oneof="redirectPort"),
+    "derivePort": sup(EnumT(("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")), oneof="redirectPort"),
+    "scheme": sup(STRING, check="redirect_scheme"),
+    "redirectCode": sup(UINT32, check="redirect_code"),
+}
+MESSAGES["HTTPDirectResponse"] = {
+    "status": sup(UINT32, required=True, check="http_status"),
+    "body": sup(Message("HTTPBody")),
+}
+MESSAGES["HTTPBody"] = {
+    "string": sup(STRING, oneof="specifier"),
+    "bytes": sup(STRING, oneof="specifier", check="base64"),
+}
+MESSAGES["HTTPRewrite"] = {
+    "uri": sup(STRING, check="uri_path"),
+    "authority": sup(STRING, check="authority"),
+    "uriRegexRewrite": sup(Message("RegexRewrite")),
+}
+MESSAGES["RegexRewrite"] = {
+    "match": sup(STRING, required=True, check="regex"),
+    "rewrite": sup(STRING, required=True),
+}
+MESSAGES["HTTPFaultInjection"] = {
+    "delay": sup(Message("FaultDelay")),
+    "abort": sup(Message("FaultAbort")),
+}
+MESSAGES["FaultDelay"] = {
+    "fixedDelay": sup(DURATION, check="min_1ms"),
+    "exponentialDelay": ny("exponential delays (Istio does not support them either)"),
+    "percentage": sup(Message("Percent"), check="fault_percentage", oneof="percentage"),
+    "percent": sup(INT32, check="percent", oneof="percentage", deprecated="use percentage"),
+}
+MESSAGES["FaultAbort"] = {
+    "httpStatus": sup(INT32, check="http_status", oneof="errorType"),
+    "grpcStatus": sup(STRING, check="grpc_status", oneof="errorType"),
+    "http2Error": ny("HTTP/2 abort faults (Istio refuses them too)", oneof="errorType"),
+    "percentage": sup(Message("Percent"), check="fault_percentage"),
+}
+MESSAGES["HTTPMirrorPolicy"] = {
+    "destination": sup(Message("Destination"), required=True),
+    "percentage": sup(Message("Percent")),
+}
+MESSAGES["Headers"] = {
+    "request": sup(Message("RequestHeaderOperations")),
+    "response": sup(Message("ResponseHeaderOperations")),
+}
+# names are checked by the messages' POST rules (the request side may name the authority)
+MESSAGES["RequestHeaderOperations"] = {
+    "set": sup(MapOf(STRING)),
+    "add": sup(MapOf(STRING)),
+    "remove": sup(STRINGS),
+}
+MESSAGES["ResponseHeaderOperations"] = dict(MESSAGES["RequestHeaderOperations"])
+MESSAGES["CorsPolicy"] = {
+    "allowOrigin": sup(STRINGS, deprecated="use allowOrigins"),
+    "allowOrigins": sup(ListOf(Message("StringMatch")), check="cors_origin"),
+    "allowMethods": sup(STRINGS, check="cors_method"),
+    "allowHeaders": sup(STRINGS, check="header_name"),
+    "exposeHeaders": sup(STRINGS, check="header_name"),
+    "maxAge": sup(DURATION, check="whole_seconds"),
+    "allowCredentials": sup(BOOL),
+    "unmatchedPreflights": sup(EnumT(("UNSPECIFIED", "FORWARD", "IGNORE"))),
 }
 MESSAGES["HTTPMatchRequest"] = {
     "name": sup(STRING),
@@ -204,7 +284,7 @@ MESSAGES["HTTPMatchRequest"] = {
     "sourceLabels": sup(LABELS),
     "gateways": sup(STRINGS, check="gateway"),
     "ignoreUriCase": sup(BOOL),
-    "sourceNamespace": ny("matching on the source namespace"),
+    "sourceNamespace": sup(STRING, check="dns_label"),
     "statPrefix": ny("per-match stat prefixes"),
 }
 _STRING_MATCH = {
@@ -218,7 +298,7 @@ MESSAGES["PresenceStringMatch"] = dict(_STRING_MATCH)
 MESSAGES["HTTPRouteDestination"] = {
     "destination": sup(Message("Destination"), required=True),
     "weight": sup(INT32, check="weight"),
-    "headers": ny("header manipulation"),
+    "headers": sup(Message("Headers")),
 }
 MESSAGES["Destination"] = {
     "host": sup(STRING, required=True, check="dest_host"),
@@ -250,12 +330,44 @@ MESSAGES["DestinationRule"] = {
 MESSAGES["TrafficPolicy"] = {
     "loadBalancer": sup(Message("LoadBalancerSettings")),
     "outlierDetection": sup(Message("OutlierDetection")),
-    "connectionPool": ny("connection pool settings"),
+    "connectionPool": sup(Message("DestinationConnectionPool")),
     "tls": ny("client TLS settings"),
-    "portLevelSettings": ny("port-level traffic policies"),
+    "portLevelSettings": sup(ListOf(Message("PortTrafficPolicy"))),
     "tunnel": ny("tunnel settings"),
     "proxyProtocol": ny("the PROXY protocol"),
-    "retryBudget": ny("retry budgets"),
+    "retryBudget": sup(Message("RetryBudget")),
+}
+MESSAGES["PortTrafficPolicy"] = {
+    "port": sup(Message("PortSelector"), required=True),
+    "loadBalancer": sup(Message("LoadBalancerSettings")),
+    "connectionPool": sup(Message("DestinationConnectionPool")),
+    "outlierDetection": sup(Message("OutlierDetection")),
+    "tls": ny("client TLS settings"),
+}
+MESSAGES["RetryBudget"] = {
+    "percent": sup(DOUBLE, check="percent_double"),
+    "minRetryConcurrency": sup(UINT32),
+    "budgetInterval": ny("retry budgets over an interval"),
+}
+# Istio's ConnectionPoolSettings as a DestinationRule uses it (the Sidecar's copy, read later,
+# is `ConnectionPoolSettings` below): pymesh speaks HTTP/1.1 upstream, so HTTP/2-only knobs are
+# not supported yet.
+MESSAGES["DestinationConnectionPool"] = {
+    "tcp": sup(Message("TCPSettings")),
+    "http": sup(Message("DestinationHTTPSettings")),
+}
+MESSAGES["DestinationHTTPSettings"] = {
+    "http1MaxPendingRequests": sup(INT32, check="non_negative"),
+    "http2MaxRequests": sup(INT32, check="non_negative"),
+    "maxRequestsPerConnection": sup(INT32, check="non_negative"),
+    "maxRetries": sup(INT32, check="non_negative"),
+    "idleTimeout": sup(DURATION, check="min_1ms"),
+    "h2UpgradePolicy": sup(
+        EnumT(("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"), not_yet=frozenset({"UPGRADE"}))
+    ),
+    "useClientProtocol": sup(BOOL),
+    "maxConcurrentStreams": ny("HTTP/2 upstream connections"),
+    "http2KeepAlive": ny("HTTP/2 upstream connections"),
 }
 MESSAGES["LoadBalancerSettings"] = {
     "simple": sup(
@@ -265,11 +377,50 @@ MESSAGES["LoadBalancerSettings"] = {
         ),
         oneof="lbPolicy",
     ),
-    "consistentHash": ny("consistent-hash load balancing", oneof="lbPolicy"),
-    "localityLbSetting": ny("locality load balancing"),
+    "consistentHash": sup(Message("ConsistentHashLB"), oneof="lbPolicy"),
+    "localityLbSetting": sup(Message("LocalityLoadBalancerSetting")),
     "zoneAwareLbSetting": ny("zone-aware load balancing"),
     "warmupDurationSecs": ny("slow-start warm-up"),
     "warmup": ny("slow-start warm-up"),
+}
+MESSAGES["ConsistentHashLB"] = {
+    "httpHeaderName": sup(STRING, oneof="hashKey", check="header_name"),
+    "httpCookie": sup(Message("HTTPCookie"), oneof="hashKey"),
+    "useSourceIp": sup(BOOL, oneof="hashKey"),
+    "httpQueryParameterName": sup(STRING, oneof="hashKey"),
+    "ringHash": sup(Message("RingHash"), oneof="hashAlgorithm"),
+    "maglev": sup(Message("MagLev"), oneof="hashAlgorithm"),
+    "minimumRingSize": sup(UINT64, deprecated="use ringHash.minimumRingSize"),
+}
+MESSAGES["RingHash"] = {
+    "minimumRingSize": sup(UINT64, check="ring_size"),
+}
+MESSAGES["MagLev"] = {
+    "tableSize": sup(UINT64, check="maglev_table_size"),
+}
+MESSAGES["HTTPCookie"] = {
+    "name": sup(STRING, required=True, check="cookie_name"),
+    "path": sup(STRING),
+    "ttl": sup(DURATION),
+    "attributes": sup(ListOf(Message("HTTPCookieAttribute"))),
+}
+MESSAGES["HTTPCookieAttribute"] = {
+    "name": sup(STRING, required=True, check="cookie_name"),
+    "value": sup(STRING),
+}
+MESSAGES["LocalityLoadBalancerSetting"] = {
+    "distribute": sup(ListOf(Message("LocalityDistribute"))),
+    "failover": sup(ListOf(Message("LocalityFailover"))),
+    "failoverPriority": sup(STRINGS, check="failover_priority"),
+    "enabled": sup(BOOL),
+}
+MESSAGES["LocalityDistribute"] = {
+    "from": sup(STRING, check="locality_pattern"),
+    "to": sup(MapOf(UINT32)),
+}
+MESSAGES["LocalityFailover"] = {
+    "from": sup(STRING, check="failover_region"),
+    "to": sup(STRING, check="failover_region"),
 }
 MESSAGES["OutlierDetection"] = {
     "consecutiveErrors": sup(
@@ -333,7 +484,7 @@ MESSAGES["WorkloadSelector"] = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# networking.istio.io Sidecar (parsed and validated now, used later)
+# networking.istio.io Sidecar (egress and outboundTrafficPolicy used now; ingress later)
 
 MESSAGES["Sidecar"] = {
     "workloadSelector": sup(Message("WorkloadSelector")),
@@ -365,7 +516,7 @@ MESSAGES["SidecarPort"] = {
 }
 MESSAGES["OutboundTrafficPolicy"] = {
     "mode": sup(EnumT(("REGISTRY_ONLY", "ALLOW_ANY"))),
-    "egressProxy": sup(Message("Destination")),
+    "egressProxy": ny("egress proxies"),
 }
 MESSAGES["ConnectionPoolSettings"] = {
     "tcp": sup(Message("TCPSettings")),
@@ -436,7 +587,7 @@ MESSAGES["TLSCertificate"] = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# security.istio.io PeerAuthentication and AuthorizationPolicy (parsed and validated now)
+# security.istio.io PeerAuthentication and AuthorizationPolicy (pymesh.policy.peerauthn, .authz)
 
 MESSAGES["PeerAuthentication"] = {
     "selector": sup(Message("MatchLabelsSelector")),
@@ -449,21 +600,19 @@ MESSAGES["MutualTLS"] = {
 MESSAGES["MatchLabelsSelector"] = {
     "matchLabels": sup(LABELS),
 }
+_TARGET_REF = (
+    "policies attached to a Gateway, waypoint or Service (targetRef); use selector to pick "
+    "workloads"
+)
 MESSAGES["AuthorizationPolicy"] = {
     "selector": sup(Message("MatchLabelsSelector")),
-    "targetRef": sup(Message("PolicyTargetReference")),
-    "targetRefs": sup(ListOf(Message("PolicyTargetReference"))),
+    "targetRef": ny(_TARGET_REF),
+    "targetRefs": ny(_TARGET_REF),
     "rules": sup(ListOf(Message("Rule"))),
     "action": sup(
         EnumT(("ALLOW", "DENY", "AUDIT", "CUSTOM"), not_yet=frozenset({"CUSTOM"})),
     ),
     "provider": ny("CUSTOM authorization providers"),
-}
-MESSAGES["PolicyTargetReference"] = {
-    "group": sup(STRING),
-    "kind": sup(STRING, required=True),
-    "name": sup(STRING, required=True),
-    "namespace": sup(STRING),
 }
 MESSAGES["Rule"] = {
     "from": sup(ListOf(Message("RuleFrom"))),
@@ -478,30 +627,28 @@ MESSAGES["RuleTo"] = {
 }
 _JWT = "request principals (JWT) — until JWT lands"
 MESSAGES["Source"] = {
-    "principals": sup(STRINGS),
-    "notPrincipals": sup(STRINGS),
+    "principals": sup(STRINGS, check="authz_principal"),
+    "notPrincipals": sup(STRINGS, check="authz_principal"),
     "requestPrincipals": ny(_JWT),
     "notRequestPrincipals": ny(_JWT),
-    "namespaces": sup(STRINGS),
-    "notNamespaces": sup(STRINGS),
-    "serviceAccounts": sup(STRINGS),
-    "notServiceAccounts": sup(STRINGS),
+    "namespaces": sup(STRINGS, check="authz_string"),
+    "notNamespaces": sup(STRINGS, check="authz_string"),
+    "serviceAccounts": sup(STRINGS, check="authz_service_account"),
+    "notServiceAccounts": sup(STRINGS, check="authz_service_account"),
     "ipBlocks": sup(STRINGS, check="ip_block"),
     "notIpBlocks": sup(STRINGS, check="ip_block"),
     "remoteIpBlocks": sup(STRINGS, check="ip_block"),
     "notRemoteIpBlocks": sup(STRINGS, check="ip_block"),
-    "trustDomains": sup(STRINGS),
-    "notTrustDomains": sup(STRINGS),
 }
 MESSAGES["Operation"] = {
-    "hosts": sup(STRINGS),
-    "notHosts": sup(STRINGS),
+    "hosts": sup(STRINGS, check="authz_host"),
+    "notHosts": sup(STRINGS, check="authz_host"),
     "ports": sup(STRINGS, check="port_string"),
     "notPorts": sup(STRINGS, check="port_string"),
-    "methods": sup(STRINGS),
-    "notMethods": sup(STRINGS),
-    "paths": sup(STRINGS),
-    "notPaths": sup(STRINGS),
+    "methods": sup(STRINGS, check="authz_method"),
+    "notMethods": sup(STRINGS, check="authz_method"),
+    "paths": sup(STRINGS, check="authz_path"),
+    "notPaths": sup(STRINGS, check="authz_path"),
 }
 MESSAGES["Condition"] = {
     "key": sup(STRING, required=True, check="condition_key"),
@@ -534,9 +681,9 @@ KINDS: dict[str, KindInfo] = {
     "DestinationRule": KindInfo("networking.istio.io", _NET, True),
     "ServiceEntry": KindInfo("networking.istio.io", _NET, True),
     "WorkloadEntry": KindInfo("networking.istio.io", _NET, True),
-    "Sidecar": KindInfo("networking.istio.io", _NET, False),
-    "PeerAuthentication": KindInfo("security.istio.io", _SEC, False),
-    "AuthorizationPolicy": KindInfo("security.istio.io", _SEC, False),
+    "Sidecar": KindInfo("networking.istio.io", _NET, True),
+    "PeerAuthentication": KindInfo("security.istio.io", _SEC, True),
+    "AuthorizationPolicy": KindInfo("security.istio.io", _SEC, True),
 }
 
 # Istio kinds pymesh does not read yet (an error that says so, rather than "unknown kind")

@@ -11,6 +11,8 @@ enums normalised). A resource whose walk produced no error is then built into it
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import importlib
 import ipaddress
@@ -38,6 +40,9 @@ from pymesh.config.schema import (
     Scalar,
     Status,
 )
+from pymesh.policy.fault import GRPC_STATUS_CODES
+from pymesh.policy.paths import NormalizedPath, normalize_path
+from pymesh.policy.rewrite import rewrite_template
 
 
 class _Invalid:
@@ -104,7 +109,6 @@ CONDITION_KEYS = (
     "destination.ip",
     "destination.port",
     "connection.sni",
-    "experimental.envoy.filters",
 )
 KUBERNETES_KINDS = frozenset(
     {
@@ -121,6 +125,16 @@ KUBERNETES_KINDS = frozenset(
         "Ingress",
         "Endpoints",
         "EndpointSlice",
+    }
+)
+# failoverPriority labels with a topology meaning (Istio: not with `failover`)
+TOPOLOGY_LABELS = frozenset(
+    {
+        "topology.istio.io/network",
+        "topology.istio.io/cluster",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.istio.io/subzone",
     }
 )
 JWT_CONDITION_KEYS = (
@@ -639,8 +653,11 @@ def _port_string(v: Any, path: str, ctx: Ctx) -> Any:
 
 def _condition_key(v: Any, path: str, ctx: Ctx) -> Any:
     base = v.split("[", 1)[0]
-    if base.startswith("experimental.envoy.filters."):
-        return v
+    if base.startswith(("experimental.", "request.experimental.")):
+        ctx.error(
+            "PM0003", path, f"condition key {q(v)}: Envoy-specific keys are not supported yet"
+        )
+        return INVALID
     if base in JWT_CONDITION_KEYS:
         ctx.error(
             "PM0003", path, f"condition key {q(v)} needs JWT, which pymesh does not support yet"
@@ -650,8 +667,357 @@ def _condition_key(v: Any, path: str, ctx: Ctx) -> Any:
         hint = _did_you_mean(base, (*CONDITION_KEYS, *JWT_CONDITION_KEYS))
         ctx.error("PM0006", path, f"unknown condition key {q(v)}{hint}")
         return INVALID
-    if base == "request.headers" and not re.match(r"^request\.headers\[[^\]]+\]$", v):
-        ctx.error("PM0006", path, f"{q(v)}: write request.headers[<header-name>]")
+    if base == "request.headers":
+        mo = re.match(r"^request\.headers\[([^\]]+)\]$", v)
+        if not mo:
+            ctx.error("PM0006", path, f"{q(v)}: write request.headers[<header-name>]")
+            return INVALID
+        if not _HEADER_NAME.match(mo.group(1)):
+            ctx.error("PM0006", path, f"{q(v)}: invalid header name {q(mo.group(1))}")
+            return INVALID
+        return f"request.headers[{mo.group(1).lower()}]"  # header names are case-insensitive
+    if v != base:
+        ctx.error("PM0006", path, f"condition key {q(base)} takes no [...] part")
+        return INVALID
+    return v
+
+
+# AuthorizationPolicy values. Istio's string matching: exact, `prefix*`, `*suffix`, or `*`
+# alone (any non-empty value); a `*` anywhere else would be taken literally, so it is refused.
+
+
+def _authz_pattern_problem(v: str) -> str:
+    if not v:
+        return "must not be empty"
+    if v.count("*") > 1 or (v != "*" and "*" in v[1:-1]):
+        return (
+            f"{q(v)}: '*' is allowed only alone, at the end (prefix match) or at the start "
+            "(suffix match)"
+        )
+    if _CONTROL_CHARS.search(v):
+        return f"{q(v)} contains a control character"
+    return ""
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _authz_string(v: Any, path: str, ctx: Ctx) -> Any:
+    problem = _authz_pattern_problem(v)
+    if problem:
+        ctx.error("PM0006", path, problem)
+        return INVALID
+    return v
+
+
+def _authz_principal(v: Any, path: str, ctx: Ctx) -> Any:
+    if v.startswith("spiffe://"):
+        ctx.error(
+            "PM0006",
+            path,
+            f"{q(v)}: write principals without spiffe:// (Istio's form: "
+            f"{q(v[len('spiffe://') :])})",
+        )
+        return INVALID
+    return _authz_string(v, path, ctx)
+
+
+def _authz_service_account(v: Any, path: str, ctx: Ctx) -> Any:
+    ns, sep, name = v.rpartition("/")
+    if "*" in v or v.count("/") > 1 or (sep and not _DNS_LABEL.match(ns)):
+        ctx.error(
+            "PM0006",
+            path,
+            f"{q(v)}: a service account is <namespace>/<name> or <name> (no wildcards)",
+        )
+        return INVALID
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        ctx.error("PM0006", path, f"{q(v)}: invalid service account name {q(name)}")
+        return INVALID
+    return v
+
+
+_HOST_WITH_PORT = re.compile(r"^(\[[^\]]*\]|[^:\[\]]*):(\d+)$")
+
+
+def _authz_host(v: Any, path: str, ctx: Ctx) -> Any:
+    host = v.lower()  # hosts match case-insensitively
+    if host.endswith(":*"):
+        host = host[:-2]  # any port: pymesh ignores the port in host matching anyway
+    elif mo := _HOST_WITH_PORT.match(host):
+        ctx.error(
+            "PM0006",
+            path,
+            f"{q(v)}: pymesh matches hosts without their port; write {q(mo.group(1))} "
+            "and match the port with ports",
+        )
+        return INVALID
+    return _authz_string(host, path, ctx)
+
+
+def _authz_method(v: Any, path: str, ctx: Ctx) -> Any:
+    v = _authz_string(v, path, ctx)
+    if v is not INVALID and v != v.upper():
+        ctx.add(
+            "PM0006",
+            "warning",
+            path,
+            f"methods are case-sensitive: {q(v)} never matches {q(v.upper())}",
+        )
+    return v
+
+
+def _authz_path(v: Any, path: str, ctx: Ctx) -> Any:
+    if "{" in v or "}" in v:
+        ctx.error("PM0003", path, f"{q(v)}: path templates ({{*}}, {{**}}) are not supported yet")
+        return INVALID
+    if not v.startswith(("/", "*")):
+        ctx.error("PM0006", path, f"{q(v)}: a path starts with / (or * for a suffix match)")
+        return INVALID
+    if "?" in v or "#" in v:
+        ctx.error(
+            "PM0006",
+            path,
+            f"{q(v)}: paths are matched without the query and fragment; this never matches",
+        )
+        return INVALID
+    v = _authz_string(v, path, ctx)
+    if v is not INVALID and "*" not in v:
+        normalized = normalize_path(v)
+        if isinstance(normalized, NormalizedPath) and normalized.path != v:
+            ctx.add(
+                "PM0006",
+                "warning",
+                path,
+                f"{q(v)} never matches under the default path normalization "
+                f"(DECODE_AND_MERGE_SLASHES): requests for it are matched as "
+                f"{q(normalized.path)}",
+            )
+    return v
+
+
+def _percent_double(v: Any, path: str, ctx: Ctx) -> Any:
+    if not 0.0 <= v <= 100.0:
+        ctx.error("PM0006", path, f"percentage must be 0..100, got {v:g}")
+        return INVALID
+    return v
+
+
+def _header_name(v: Any, path: str, ctx: Ctx) -> Any:
+    if not _HEADER_NAME.match(v):
+        ctx.error("PM0006", path, f"invalid header name {q(v)}")
+        return INVALID
+    return v
+
+
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _cookie_name(v: Any, path: str, ctx: Ctx) -> Any:
+    if not _COOKIE_NAME.match(v):
+        ctx.error("PM0006", path, f"invalid cookie name {q(v)}")
+        return INVALID
+    return v
+
+
+MAX_RING_SIZE = 8_388_608  # Envoy's maximum_ring_size
+MAX_MAGLEV_TABLE = 5_000_011  # Envoy's largest Maglev table
+
+
+def _ring_size(v: Any, path: str, ctx: Ctx) -> Any:
+    if not 1 <= v <= MAX_RING_SIZE:
+        ctx.error("PM0006", path, f"minimumRingSize must be 1..{MAX_RING_SIZE}, got {v}")
+        return INVALID
+    return v
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def _maglev_table_size(v: Any, path: str, ctx: Ctx) -> Any:
+    if not _is_prime(v) or v > MAX_MAGLEV_TABLE:
+        ctx.error(
+            "PM0006",
+            path,
+            f"tableSize must be a prime number up to {MAX_MAGLEV_TABLE} (as Envoy requires), "
+            f"got {v}",
+        )
+        return INVALID
+    return v
+
+
+def locality_pattern_problem(v: str) -> str:
+    """Why `v` is not a locality pattern (`region/zone/subzone`, `*` only as a whole last
+    segment), or ""."""
+    if not v:
+        return "a locality must not be empty"
+    parts = v.split("/")
+    if len(parts) > 3:
+        return f"locality {q(v)} has more than 3 segments (region/zone/subzone)"
+    for i, part in enumerate(parts):
+        if not part:
+            return f"locality {q(v)} has an empty segment"
+        if "*" in part and (part != "*" or i != len(parts) - 1):
+            return f"locality {q(v)}: wildcard '*' must be the whole last segment"
+    return ""
+
+
+def _locality_pattern(v: Any, path: str, ctx: Ctx) -> Any:
+    problem = locality_pattern_problem(v)
+    if problem:
+        ctx.error("PM0006", path, problem)
+        return INVALID
+    return v
+
+
+def _failover_region(v: Any, path: str, ctx: Ctx) -> Any:
+    if not v or "/" in v or "*" in v:
+        ctx.error(
+            "PM0006",
+            path,
+            f"failover names a region, without '/' or '*' wildcards, got {q(v)}",
+        )
+        return INVALID
+    return v
+
+
+def _failover_priority(v: Any, path: str, ctx: Ctx) -> Any:
+    key, eq, value = v.partition("=")
+    if not _valid_label_key(key) or (eq and (len(value) > 63 or not _LABEL_VALUE.match(value))):
+        ctx.error("PM0006", path, f"{q(v)} is not a label key or key=value")
+        return INVALID
+    return v
+
+
+_AUTHORITY = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~\-]+)(:[0-9]{1,5})?$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CORS_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH", "*"}
+)
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+def _uri_path(v: Any, path: str, ctx: Ctx) -> Any:
+    if v == "":
+        return v  # empty means unset, as in Istio
+    if not v.startswith("/") or not v.isascii() or any(c.isspace() for c in v):
+        ctx.error(
+            "PM0006",
+            path,
+            f"{q(v)} is not a URI path (it starts with '/'; no spaces; percent-encode "
+            "non-ASCII characters)",
+        )
+        return INVALID
+    return v
+
+
+def _authority(v: Any, path: str, ctx: Ctx) -> Any:
+    if v == "":
+        return v
+    port = _AUTHORITY.match(v)
+    if port is None or (port.group(2) and not 1 <= int(port.group(2)[1:]) <= 65535):
+        ctx.error("PM0006", path, f"{q(v)} is not an authority (host or host:port)")
+        return INVALID
+    return v
+
+
+def _redirect_scheme(v: Any, path: str, ctx: Ctx) -> Any:
+    if v not in ("http", "https"):
+        ctx.error("PM0006", path, f'invalid redirect scheme {q(v)}: must be "http" or "https"')
+        return INVALID
+    return v
+
+
+def _redirect_code(v: Any, path: str, ctx: Ctx) -> Any:
+    if v == 0:
+        return v  # unset: 301
+    if not 300 <= v <= 399:
+        ctx.error("PM0006", path, f"{v} is not a valid redirect code, must be 3xx")
+        return INVALID
+    if v not in REDIRECT_CODES:
+        ctx.error(
+            "PM0003",
+            path,
+            f"redirect code {v} is not supported (Envoy, and so Istio, redirects with 301, 302, "
+            "303, 307 or 308)",
+        )
+        return INVALID
+    return v
+
+
+def _http_status(v: Any, path: str, ctx: Ctx) -> Any:
+    if not 200 <= v <= 599:
+        ctx.error("PM0006", path, f"HTTP status {v} is not in range 200..599")
+        return INVALID
+    return v
+
+
+def decode_base64(v: str) -> bytes:
+    """Protobuf JSON `bytes`: standard or URL-safe base64, padding optional."""
+    text = v.strip().replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _base64(v: Any, path: str, ctx: Ctx) -> Any:
+    try:
+        decode_base64(v)
+    except (ValueError, binascii.Error):
+        ctx.error("PM0006", path, "bytes must be base64 (write text as body.string)")
+        return INVALID
+    return v
+
+
+def _grpc_status(v: Any, path: str, ctx: Ctx) -> Any:
+    if v not in GRPC_STATUS_CODES:
+        hint = _did_you_mean(v, GRPC_STATUS_CODES)
+        ctx.error(
+            "PM0006",
+            path,
+            f"gRPC status {q(v)} is not a gRPC status code name such as UNAVAILABLE or "
+            f"NOT_FOUND{hint}",
+        )
+        return INVALID
+    return v
+
+
+def _fault_percentage(v: Any, path: str, ctx: Ctx) -> Any:
+    value = v.get("value", 0.0)
+    if 0.0 < value < 0.0001:
+        ctx.error(
+            "PM0006", path, f"percentage {value:g} is neither 0 nor in range 0.0001..100 (Istio)"
+        )
+        return INVALID
+    return v
+
+
+def _cors_origin(v: Any, path: str, ctx: Ctx) -> Any:
+    if v.get("exact") == "" or v.get("regex") == "":
+        ctx.error("PM0006", path, "an allowed origin must not be empty")
+        return INVALID
+    return v
+
+
+def _cors_method(v: Any, path: str, ctx: Ctx) -> Any:
+    if v not in _CORS_METHODS:
+        hint = _did_you_mean(v, _CORS_METHODS)
+        ctx.error("PM0006", path, f"{q(v)} is not a supported HTTP method{hint}")
+        return INVALID
+    return v
+
+
+def _whole_seconds(v: Any, path: str, ctx: Ctx) -> Any:
+    if v < 1 or v != int(v):
+        ctx.error("PM0010", path, "maxAge is a whole number of seconds (at least 1s)")
         return INVALID
     return v
 
@@ -681,6 +1047,31 @@ CHECKS: dict[str, CheckFn] = {
     "ip_block": _ip_block,
     "port_string": _port_string,
     "condition_key": _condition_key,
+    "authz_string": _authz_string,
+    "authz_principal": _authz_principal,
+    "authz_service_account": _authz_service_account,
+    "authz_host": _authz_host,
+    "authz_method": _authz_method,
+    "authz_path": _authz_path,
+    "uri_path": _uri_path,
+    "authority": _authority,
+    "redirect_scheme": _redirect_scheme,
+    "redirect_code": _redirect_code,
+    "http_status": _http_status,
+    "base64": _base64,
+    "grpc_status": _grpc_status,
+    "fault_percentage": _fault_percentage,
+    "cors_origin": _cors_origin,
+    "cors_method": _cors_method,
+    "whole_seconds": _whole_seconds,
+    "percent_double": _percent_double,
+    "header_name": _header_name,
+    "cookie_name": _cookie_name,
+    "ring_size": _ring_size,
+    "maglev_table_size": _maglev_table_size,
+    "locality_pattern": _locality_pattern,
+    "failover_region": _failover_region,
+    "failover_priority": _failover_priority,
 }
 
 
@@ -724,6 +1115,7 @@ def _post_http_match(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: C
 
 
 def _post_http_route(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    _route_rule_conflicts(out, raw, path, ctx)
     routes = raw.get("route")
     other = any(raw.get(k) is not None for k in ("redirect", "directResponse", "delegate"))
     if not routes and not other:
@@ -924,24 +1316,49 @@ def _post_workload(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx
 def _post_peer_authentication(
     out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx
 ) -> None:
-    if raw.get("portLevelMtls") and not raw.get("selector"):
-        ctx.error("PM0006", path, "portLevelMtls requires a selector")
+    selector = raw.get("selector")
+    labels = selector.get("matchLabels") if isinstance(selector, dict) else None
+    port_level = raw.get("portLevelMtls")
+    if port_level and not labels:
+        ctx.error(
+            "PM0006",
+            path,
+            "portLevelMtls requires a selector with matchLabels (a mesh- or namespace-wide "
+            "policy cannot have port-level modes)",
+        )
+    if isinstance(port_level, dict) and not port_level:
+        ctx.error("PM0006", join_path(path, "portLevelMtls"), "portLevelMtls must not be empty")
 
 
 def _post_authorization_policy(
     out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx
 ) -> None:
-    targets = [k for k in ("selector", "targetRef", "targetRefs") if raw.get(k) is not None]
-    if "selector" in targets and len(targets) > 1:
-        ctx.error("PM0006", path, "only one of selector or targetRef(s) can be set")
-    if raw.get("targetRef") is not None and raw.get("targetRefs") is not None:
-        ctx.error("PM0006", path, "only one of targetRef or targetRefs can be set")
+    action = out.get("action", "ALLOW")
+    if action in ("DENY", "AUDIT") and not raw.get("rules") and "action" in out:
+        ctx.add(
+            "PM0006",
+            "warning",
+            path,
+            f"a{'n' if action == 'AUDIT' else ''} {action} policy without rules matches "
+            "nothing (it has no effect)",
+        )
+
+
+def _post_rule(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    for key in ("from", "to", "when"):
+        if isinstance(raw.get(key), list) and not raw[key]:
+            ctx.error("PM0006", join_path(path, key), f"`{key}` must not be an empty list")
+
+
+_SOURCE_IDENTITY = ("principals", "notPrincipals", "namespaces", "notNamespaces")
 
 
 def _post_source(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
     if not raw:
         ctx.error("PM0007", path, "source must not be empty")
-    if raw.get("serviceAccounts") and (raw.get("namespaces") or raw.get("principals")):
+    if (raw.get("serviceAccounts") or raw.get("notServiceAccounts")) and any(
+        raw.get(k) for k in _SOURCE_IDENTITY
+    ):
         ctx.error("PM0006", path, "cannot set serviceAccounts with namespaces or principals")
 
 
@@ -950,9 +1367,345 @@ def _post_operation(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ct
         ctx.error("PM0007", path, "operation must not be empty")
 
 
+# `when` keys -> the check their values get
+_CONDITION_VALUE_CHECKS: dict[str, CheckFn] = {
+    "request.headers": _authz_string,
+    "source.ip": _ip_block,
+    "remote.ip": _ip_block,
+    "destination.ip": _ip_block,
+    "source.namespace": _authz_string,
+    "source.principal": _authz_principal,
+    "source.serviceAccount": _authz_service_account,
+    "destination.port": _port_string,
+    "connection.sni": _authz_string,
+}
+
+
 def _post_condition(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
     if not raw.get("values") and not raw.get("notValues"):
         ctx.error("PM0007", path, "a condition needs values or notValues")
+    key = out.get("key")
+    if not isinstance(key, str):
+        return
+    check = _CONDITION_VALUE_CHECKS.get(key.split("[", 1)[0])
+    if check is None:  # pragma: no cover - the key check refused it
+        return
+    for field_name in ("values", "notValues"):
+        values = out.get(field_name)
+        if not isinstance(values, list):
+            continue
+        fpath = join_path(path, field_name)
+        checked = [check(v, f"{fpath}[{i}]", ctx) for i, v in enumerate(values)]
+        out[field_name] = checked
+
+
+def _post_consistent_hash(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    keys = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+    if not any(raw.get(k) not in (None, False) for k in keys):
+        ctx.error("PM0007", path, "consistentHash needs a hash key: one of " + ", ".join(keys))
+    if raw.get("minimumRingSize") is not None:
+        if raw.get("maglev") is not None:
+            ctx.error("PM0006", path, "minimumRingSize is a ring hash setting; maglev is set")
+        elif raw.get("ringHash") is not None:
+            ctx.error("PM0006", path, "only one of minimumRingSize, ringHash may be set")
+    if out.get("minimumRingSize") is not None:
+        _ring_size(out["minimumRingSize"], join_path(path, "minimumRingSize"), ctx)
+
+
+def _post_locality_lb(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if raw.get("distribute") and (raw.get("failover") or raw.get("failoverPriority")):
+        ctx.error("PM0006", path, "distribute cannot be set with failover or failoverPriority")
+    if raw.get("failover") and raw.get("failoverPriority"):
+        for i, label in enumerate(out.get("failoverPriority") or []):
+            if label.partition("=")[0] in TOPOLOGY_LABELS:
+                ctx.error(
+                    "PM0006",
+                    f"{path}.failoverPriority[{i}]",
+                    f"failover cannot be set with the topology label {q(label)} in "
+                    "failoverPriority",
+                )
+    froms: list[str] = []
+    for i, d in enumerate(out.get("distribute") or []):
+        f = d.get("from")
+        if f is not None:
+            if f in froms:
+                ctx.error("PM0006", f"{path}.distribute[{i}].from", f"duplicate from {q(f)}")
+            froms.append(f)
+    for i, fo in enumerate(out.get("failover") or []):
+        if fo.get("from") is not None and fo.get("from") == fo.get("to"):
+            ctx.error("PM0006", f"{path}.failover[{i}]", "failover from and to must differ")
+
+
+def _post_locality_distribute(
+    out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx
+) -> None:
+    if raw.get("from") is None:
+        ctx.error("PM0007", path, 'missing required field "from"')
+    to = out.get("to")
+    if not raw.get("to"):
+        ctx.error("PM0007", path, 'missing required field "to"')
+        return
+    if to is None or len(to) != len(raw["to"]):
+        return  # reported already
+    total = 0
+    for loc, weight in to.items():
+        kpath = join_path(join_path(path, "to"), loc)
+        problem = locality_pattern_problem(loc)
+        if problem:
+            ctx.error("PM0006", kpath, problem)
+        if not 1 <= weight <= 100:
+            ctx.error("PM0011", kpath, f"locality weight must be 1..100, got {weight}")
+            return
+        total += weight
+    if total != 100:
+        ctx.error("PM0011", join_path(path, "to"), f"locality weights must sum to 100, got {total}")
+
+
+def _post_locality_failover(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    for k in ("from", "to"):
+        if not raw.get(k):
+            ctx.error("PM0007", path, f"missing required field {q(k)}")
+
+
+def _post_traffic_policy(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    seen: set[int] = set()
+    for i, pl in enumerate(out.get("portLevelSettings") or []):
+        number = (pl.get("port") or {}).get("number")
+        if number in seen:
+            ctx.add(
+                "PM0006",
+                "warning",
+                f"{path}.portLevelSettings[{i}].port",
+                f"port {number} already has port-level settings; only the first applies",
+            )
+        if number is not None:
+            seen.add(number)
+
+
+def _header_value_problem(v: str) -> tuple[str, str]:
+    """(code, message) for a header value pymesh cannot send as written, or ("", "")."""
+    if _CONTROL.search(v):
+        return "PM0006", "a header value must not hold control characters"
+    if v.count("%") % 2:
+        return "PM0006", "single % not allowed (write %% for a literal %)"
+    for mo in re.finditer(r"%([^%]*)%", v):
+        if mo.group(1):
+            return (
+                "PM0003",
+                f"Envoy's command operator %{mo.group(1)}% is not supported yet "
+                "(write %% for a literal %)",
+            )
+    return "", ""
+
+
+def _is_authority_header(name: str) -> bool:
+    return name.lower() in ("host", ":authority")
+
+
+def _header_ops(request: bool) -> PostFn:
+    def post(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+        for op in ("set", "add", "remove"):
+            names = out.get(op)
+            if not names:
+                continue
+            opath = join_path(path, op)
+            seen: dict[str, str] = {}
+            items = list(names.items()) if isinstance(names, dict) else [(n, None) for n in names]
+            for i, (name, value) in enumerate(items):
+                npath = join_path(opath, name) if value is not None else f"{opath}[{i}]"
+                authority = _is_authority_header(name)
+                if authority and request and op != "remove":
+                    pass  # sets the authority sent upstream (a rewrite of it)
+                elif authority or name.startswith(":"):
+                    ctx.error(
+                        "PM0006",
+                        npath,
+                        f"invalid header {q(name)}: cannot "
+                        + ("remove" if op == "remove" else "set")
+                        + " the Host header or HTTP/2 pseudo-headers",
+                    )
+                elif not _HEADER_NAME.match(name):
+                    ctx.error("PM0006", npath, f"invalid header name {q(name)}")
+                low = name.lower()
+                if low in seen:
+                    ctx.error(
+                        "PM0009",
+                        npath,
+                        f"header {q(name)} repeats {q(seen[low])} (header names are "
+                        "case-insensitive)",
+                    )
+                seen[low] = name
+                if value is not None:
+                    code, problem = _header_value_problem(value)
+                    if code:
+                        ctx.error(code, npath, problem)
+
+    return post
+
+
+def _authority_set(route: dict[str, Any]) -> list[str]:
+    request = (route.get("headers") or {}).get("request") or {}
+    found = [(route.get("rewrite") or {}).get("authority") or ""]
+    for op in ("set", "add"):
+        found += [v for k, v in (request.get(op) or {}).items() if _is_authority_header(k)]
+    return [a for a in found if a]
+
+
+def _route_rule_conflicts(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    """Istio's rules between route, redirect, directResponse, fault, rewrite and mirrors."""
+    has = {k: raw.get(k) is not None for k in raw}
+    routes = bool(raw.get("route"))
+    for local, label in (("redirect", "redirect"), ("directResponse", "directResponse")):
+        if not has.get(local):
+            continue
+        for other in ("route", "fault", "rewrite"):
+            if other == "route" and not routes:
+                continue
+            if has.get(other):
+                ctx.error("PM0006", path, f"a rule cannot have both {other} and {label}")
+        if has.get("mirror") or has.get("mirrors"):
+            ctx.error(
+                "PM0006", path, f"a {label} rule sends nothing upstream, so nothing to mirror"
+            )
+        for idle in ("timeout", "retries"):
+            if has.get(idle):
+                ctx.add(
+                    "PM0006",
+                    "warning",
+                    join_path(path, idle),
+                    f"{idle} has no effect on a {label} rule (it answers without a call)",
+                )
+    if has.get("redirect") and has.get("directResponse"):
+        ctx.error("PM0006", path, "a rule cannot have both redirect and directResponse")
+    if has.get("mirror") and has.get("mirrors"):
+        ctx.error("PM0006", path, "a rule cannot have both mirror and mirrors")
+    for pct in ("mirrorPercentage", "mirrorPercent", "mirror_percent"):
+        if has.get(pct) and not has.get("mirror"):
+            ctx.add(
+                "PM0006",
+                "warning",
+                join_path(path, pct),
+                f"{pct} has no effect without mirror (each mirrors[] item has its own percentage)",
+            )
+    authorities = _authority_set(out)
+    if len(authorities) > 1:
+        ctx.error(
+            "PM0006",
+            path,
+            "the authority is set more than once (rewrite.authority and headers.request "
+            f"host): {', '.join(q(a) for a in authorities)}",
+        )
+
+
+def _post_rewrite(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if raw.get("uri") and raw.get("uriRegexRewrite") is not None:
+        ctx.error("PM0006", path, "rewrite may have only one of uri or uriRegexRewrite")
+    if not raw.get("uri") and raw.get("uriRegexRewrite") is None and not raw.get("authority"):
+        ctx.error("PM0007", path, "rewrite needs uri, uriRegexRewrite or authority")
+
+
+def _post_regex_rewrite(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if raw.get("match") == "" or raw.get("rewrite") == "":
+        ctx.error("PM0007", path, "uriRegexRewrite needs both match and rewrite")
+        return
+    rewrite = out.get("rewrite", "")
+    if not rewrite.isascii() or any(c.isspace() for c in rewrite):
+        ctx.error(
+            "PM0006",
+            join_path(path, "rewrite"),
+            "a rewrite has no spaces; percent-encode non-ASCII characters",
+        )
+    elif "match" in out and "rewrite" in out:
+        try:
+            rewrite_template(re.compile(out["match"]), out["rewrite"])
+        except ValueError as exc:
+            ctx.error("PM0012", join_path(path, "rewrite"), f"invalid rewrite: {exc}")
+
+
+def _post_redirect(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    keys = ("uri", "authority", "port", "derivePort", "scheme")
+    if not any(raw.get(k) not in (None, "") for k in keys):
+        ctx.error("PM0007", path, "redirect must specify uri, authority, scheme, or port")
+
+
+def _post_direct_response(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    body = out.get("body") or {}
+    size = len(body["string"].encode()) if "string" in body else 0
+    if "bytes" in body:
+        size = len(decode_base64(body["bytes"]))
+    if size > 1024 * 1024:
+        ctx.error("PM0006", join_path(path, "body"), "a direct response body must be under 1MB")
+    elif size > 100 * 1024:
+        ctx.add(
+            "PM0006",
+            "warning",
+            join_path(path, "body"),
+            "a large direct response body (over 100KB) is held in every snapshot",
+        )
+
+
+def _post_fault(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if raw.get("delay") is None and raw.get("abort") is None:
+        ctx.error("PM0007", path, "fault injection needs an abort and/or a delay")
+
+
+def _no_percentage_warning(what: str) -> PostFn:
+    def post(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+        if raw.get("percentage") is None and raw.get("percent") is None:
+            ctx.add(
+                "PM0006",
+                "warning",
+                path,
+                f"no percentage: as in Istio, no request is {what} (set percentage.value; 100 "
+                "for every request)",
+            )
+
+    return post
+
+
+def _post_fault_delay(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if raw.get("fixedDelay") is None and raw.get("exponentialDelay") is None:
+        ctx.error("PM0007", path, 'missing required field "fixedDelay"')
+    _no_percentage_warning("delayed")(out, raw, path, ctx)
+
+
+def _post_fault_abort(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    if all(raw.get(k) is None for k in ("httpStatus", "grpcStatus", "http2Error")):
+        ctx.error("PM0007", path, "abort needs httpStatus or grpcStatus")
+    _no_percentage_warning("aborted")(out, raw, path, ctx)
+
+
+def _post_sidecar(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    keys = ("egress", "ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+    if all(raw.get(k) is None for k in keys):
+        ctx.error("PM0007", path, "a Sidecar needs egress, ingress or outboundTrafficPolicy")
+    egress = raw.get("egress")
+    if not isinstance(egress, list):
+        return
+    ports: set[object] = set()
+    catch_all = False
+    for i, listener in enumerate(egress):
+        if not isinstance(listener, dict):
+            continue
+        lpath = f"{path}.egress[{i}]"
+        port = listener.get("port")
+        if port is None:
+            if catch_all:
+                ctx.error("PM0006", lpath, "egress can have only one listener without a port")
+            elif i != len(egress) - 1:
+                ctx.error(
+                    "PM0006", lpath, "the egress listener without a port must be the last one"
+                )
+            catch_all = True
+        elif isinstance(port, dict):
+            number = port.get("number")
+            if number is None:
+                ctx.error("PM0007", join_path(lpath, "port"), 'missing required field "number"')
+            elif number in ports:
+                ctx.error("PM0006", join_path(lpath, "port"), f"port {number} is named twice")
+            ports.add(number)
+        if listener.get("hosts") == []:
+            ctx.error("PM0007", lpath, "an egress listener needs at least one host")
 
 
 POST: dict[str, PostFn] = {
@@ -970,6 +1723,22 @@ POST: dict[str, PostFn] = {
     "Source": _post_source,
     "Operation": _post_operation,
     "Condition": _post_condition,
+    "Rule": _post_rule,
+    "RequestHeaderOperations": _header_ops(True),
+    "ResponseHeaderOperations": _header_ops(False),
+    "HTTPRewrite": _post_rewrite,
+    "RegexRewrite": _post_regex_rewrite,
+    "HTTPRedirect": _post_redirect,
+    "HTTPDirectResponse": _post_direct_response,
+    "HTTPFaultInjection": _post_fault,
+    "FaultDelay": _post_fault_delay,
+    "FaultAbort": _post_fault_abort,
+    "Sidecar": _post_sidecar,
+    "ConsistentHashLB": _post_consistent_hash,
+    "LocalityLoadBalancerSetting": _post_locality_lb,
+    "LocalityDistribute": _post_locality_distribute,
+    "LocalityFailover": _post_locality_failover,
+    "TrafficPolicy": _post_traffic_policy,
 }
 
 
@@ -1005,6 +1774,141 @@ def _match_model(d: dict[str, Any]) -> m.HTTPMatchRequest:
         port=d.get("port"),
         source_labels=dict(d.get("sourceLabels") or {}),
         ignore_uri_case=d.get("ignoreUriCase", False),
+        source_namespace=d.get("sourceNamespace", ""),
+    )
+
+
+def _destination_model(d: dict[str, Any]) -> m.Destination:
+    return m.Destination(
+        host=d["host"],
+        subset=d.get("subset") or None,
+        port=(d.get("port") or {}).get("number"),
+    )
+
+
+def _literal(value: str) -> str:
+    """A validated header value as sent: `%%` is a literal `%`."""
+    return value.replace("%%", "%")
+
+
+def _header_ops_model(d: dict[str, Any] | None) -> m.HeaderOperations | None:
+    if d is None:
+        return None
+    return m.HeaderOperations(
+        set={k.lower(): _literal(v) for k, v in (d.get("set") or {}).items()},
+        add={k.lower(): _literal(v) for k, v in (d.get("add") or {}).items()},
+        remove=tuple(n.lower() for n in d.get("remove") or ()),
+    )
+
+
+def _headers_model(d: dict[str, Any] | None) -> m.Headers | None:
+    if d is None:
+        return None
+    return m.Headers(
+        request=_header_ops_model(d.get("request")),
+        response=_header_ops_model(d.get("response")),
+    )
+
+
+def _percentage(d: dict[str, Any] | None) -> float | None:
+    return None if d is None else float(d.get("value", 0.0))
+
+
+def _fault_model(d: dict[str, Any] | None) -> m.HTTPFaultInjection | None:
+    if d is None:
+        return None
+    delay = abort = None
+    if "delay" in d:
+        dd = d["delay"]
+        pct = _percentage(dd.get("percentage"))
+        if pct is None and "percent" in dd:
+            pct = float(dd["percent"])
+        delay = m.FaultDelay(fixed_delay=dd["fixedDelay"], percentage=pct)
+    if "abort" in d:
+        ad = d["abort"]
+        abort = m.FaultAbort(
+            http_status=ad.get("httpStatus"),
+            grpc_status=ad.get("grpcStatus"),
+            percentage=_percentage(ad.get("percentage")),
+        )
+    return m.HTTPFaultInjection(delay=delay, abort=abort)
+
+
+def _mirrors_model(d: dict[str, Any]) -> tuple[m.HTTPMirrorPolicy, ...]:
+    out: list[m.HTTPMirrorPolicy] = []
+    if "mirror" in d:
+        pct = 100.0
+        if "mirrorPercentage" in d:
+            pct = float(d["mirrorPercentage"].get("value", 0.0))
+        elif "mirrorPercent" in d:
+            pct = float(d["mirrorPercent"])
+        elif "mirror_percent" in d:
+            pct = float(d["mirror_percent"])
+        out.append(m.HTTPMirrorPolicy(_destination_model(d["mirror"]), pct))
+    for mp in d.get("mirrors") or []:
+        share = _percentage(mp.get("percentage"))
+        out.append(
+            m.HTTPMirrorPolicy(
+                _destination_model(mp["destination"]), 100.0 if share is None else share
+            )
+        )
+    return tuple(out)
+
+
+def _rewrite_model(d: dict[str, Any] | None) -> m.HTTPRewrite | None:
+    if d is None:
+        return None
+    rr = d.get("uriRegexRewrite")
+    return m.HTTPRewrite(
+        uri=d.get("uri") or None,
+        authority=d.get("authority") or None,
+        uri_regex_rewrite=(
+            m.RegexRewrite(rr["match"], rr["rewrite"], re.compile(rr["match"]))
+            if rr is not None
+            else None
+        ),
+    )
+
+
+def _redirect_model(d: dict[str, Any] | None) -> m.HTTPRedirect | None:
+    if d is None:
+        return None
+    return m.HTTPRedirect(
+        uri=d.get("uri") or None,
+        authority=d.get("authority") or None,
+        port=d.get("port"),
+        derive_port=d.get("derivePort"),
+        scheme=d.get("scheme") or None,
+        redirect_code=d.get("redirectCode") or 301,
+    )
+
+
+def _direct_response_model(d: dict[str, Any] | None) -> m.HTTPDirectResponse | None:
+    if d is None:
+        return None
+    body = d.get("body")
+    data: bytes | None = None
+    if body is not None:
+        if "string" in body:
+            data = body["string"].encode()
+        elif "bytes" in body:
+            data = decode_base64(body["bytes"])
+    return m.HTTPDirectResponse(status=d["status"], body=data)
+
+
+def _cors_model(d: dict[str, Any] | None) -> m.CorsPolicy | None:
+    if d is None:
+        return None
+    origins = [m.StringMatch("exact", o) for o in d.get("allowOrigin") or ()]
+    origins += [sm for sm in (_string_match_model(o) for o in d.get("allowOrigins") or ()) if sm]
+    return m.CorsPolicy(
+        allow_origins=tuple(origins),
+        allow_methods=tuple(d.get("allowMethods") or ()),
+        allow_headers=tuple(d.get("allowHeaders") or ()),
+        expose_headers=tuple(d.get("exposeHeaders") or ()),
+        max_age=d.get("maxAge"),
+        allow_credentials=d.get("allowCredentials"),
+        unmatched_preflights=d.get("unmatchedPreflights", "UNSPECIFIED"),
     )
 
 
@@ -1013,12 +1917,9 @@ def _route_model(d: dict[str, Any]) -> m.HTTPRoute:
     single = len(routes) == 1
     dests = tuple(
         m.RouteDestination(
-            m.Destination(
-                host=r["destination"]["host"],
-                subset=r["destination"].get("subset") or None,
-                port=(r["destination"].get("port") or {}).get("number"),
-            ),
+            _destination_model(r["destination"]),
             None if single else r.get("weight", 0),
+            _headers_model(r.get("headers")),
         )
         for r in routes
     )
@@ -1039,6 +1940,13 @@ def _route_model(d: dict[str, Any]) -> m.HTTPRoute:
         route=dests,
         timeout=d.get("timeout"),
         retries=retries,
+        fault=_fault_model(d.get("fault")),
+        mirrors=_mirrors_model(d),
+        rewrite=_rewrite_model(d.get("rewrite")),
+        redirect=_redirect_model(d.get("redirect")),
+        direct_response=_direct_response_model(d.get("directResponse")),
+        headers=_headers_model(d.get("headers")),
+        cors_policy=_cors_model(d.get("corsPolicy")),
     )
 
 
@@ -1071,14 +1979,119 @@ def _outlier_model(d: dict[str, Any]) -> m.OutlierDetection:
     )
 
 
+def _hash_model(d: dict[str, Any]) -> m.ConsistentHash:
+    key: m.HashKeyKind
+    name = ""
+    path = ""
+    ttl: float | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    if d.get("httpHeaderName"):
+        key, name = "header", d["httpHeaderName"].lower()
+    elif d.get("httpCookie") is not None:
+        c = d["httpCookie"]
+        key, name, path, ttl = "cookie", c["name"], c.get("path", ""), c.get("ttl")
+        attributes = tuple((a["name"], a.get("value", "")) for a in c.get("attributes") or [])
+    elif d.get("httpQueryParameterName"):
+        key, name = "query", d["httpQueryParameterName"]
+    else:
+        key = "source_ip"
+    if d.get("maglev") is not None:
+        return m.ConsistentHash(
+            key,
+            name,
+            path,
+            ttl,
+            attributes,
+            "MAGLEV",
+            table_size=d["maglev"].get("tableSize") or 65537,
+        )
+    ring = (d.get("ringHash") or {}).get("minimumRingSize") or d.get("minimumRingSize") or 1024
+    return m.ConsistentHash(key, name, path, ttl, attributes, "RING_HASH", minimum_ring_size=ring)
+
+
+def _locality_model(d: dict[str, Any]) -> m.LocalityLbSetting:
+    return m.LocalityLbSetting(
+        distribute=tuple(
+            m.LocalityDistribute(x["from"], tuple(sorted(x["to"].items())))
+            for x in d.get("distribute") or []
+        ),
+        failover=tuple((x["from"], x["to"]) for x in d.get("failover") or []),
+        failover_priority=tuple(d.get("failoverPriority") or ()),
+        enabled=d.get("enabled"),
+    )
+
+
+def _lb_model(d: dict[str, Any] | None) -> m.LoadBalancerSettings | None:
+    if d is None:
+        return None
+    ch = d.get("consistentHash")
+    loc = d.get("localityLbSetting")
+    return m.LoadBalancerSettings(
+        simple=d.get("simple"),
+        consistent_hash=_hash_model(ch) if ch is not None else None,
+        locality_lb_setting=_locality_model(loc) if loc is not None else None,
+    )
+
+
+def _positive(v: int | None) -> int | None:
+    """Istio reads a count of 0 as "not set" (the proto default)."""
+    return v or None
+
+
+def _pool_model(d: dict[str, Any] | None) -> m.ConnectionPoolSettings | None:
+    if d is None:
+        return None
+    tcp = d.get("tcp") or {}
+    http = d.get("http") or {}
+    ka = tcp.get("tcpKeepalive")
+    return m.ConnectionPoolSettings(
+        max_connections=_positive(tcp.get("maxConnections")),
+        connect_timeout=tcp.get("connectTimeout"),
+        tcp_keepalive=(
+            m.TcpKeepalive(ka.get("probes"), ka.get("time"), ka.get("interval"))
+            if ka is not None
+            else None
+        ),
+        max_connection_duration=tcp.get("maxConnectionDuration"),
+        tcp_idle_timeout=tcp.get("idleTimeout"),
+        http1_max_pending_requests=_positive(http.get("http1MaxPendingRequests")),
+        http2_max_requests=_positive(http.get("http2MaxRequests")),
+        max_requests_per_connection=_positive(http.get("maxRequestsPerConnection")),
+        max_retries=_positive(http.get("maxRetries")),
+        idle_timeout=http.get("idleTimeout"),
+        h2_upgrade_policy=http.get("h2UpgradePolicy", "DEFAULT"),
+        use_client_protocol=http.get("useClientProtocol", False),
+    )
+
+
 def _policy_model(d: dict[str, Any] | None) -> m.TrafficPolicy | None:
     if d is None:
         return None
-    lb = (d.get("loadBalancer") or {}).get("simple")
     od = d.get("outlierDetection")
+    rb = d.get("retryBudget")
     return m.TrafficPolicy(
-        load_balancer=lb,
+        load_balancer=_lb_model(d.get("loadBalancer")),
         outlier_detection=_outlier_model(od) if od is not None else None,
+        connection_pool=_pool_model(d.get("connectionPool")),
+        retry_budget=(
+            m.RetryBudget(
+                percent=rb.get("percent", 20.0),
+                min_retry_concurrency=rb.get("minRetryConcurrency") or 3,
+            )
+            if rb is not None
+            else None
+        ),
+        port_level_settings=tuple(
+            m.PortTrafficPolicy(
+                port=p["port"]["number"],
+                load_balancer=_lb_model(p.get("loadBalancer")),
+                connection_pool=_pool_model(p.get("connectionPool")),
+                outlier_detection=(
+                    _outlier_model(p["outlierDetection"]) if "outlierDetection" in p else None
+                ),
+            )
+            for p in d.get("portLevelSettings") or []
+        ),
     )
 
 
@@ -1144,11 +2157,123 @@ def _build_workload_entry(meta: m.Meta, spec: dict[str, Any]) -> m.WorkloadEntry
     return m.WorkloadEntry(meta=meta, endpoint=_endpoint_model(spec))
 
 
+def _build_sidecar(meta: m.Meta, spec: dict[str, Any]) -> m.Sidecar:
+    ws = spec.get("workloadSelector")
+    egress = []
+    for e in spec.get("egress") or []:
+        port = e.get("port")
+        egress.append(
+            m.EgressListener(
+                hosts=tuple(e["hosts"]),
+                port=(
+                    m.SidecarPort(port["number"], port.get("protocol", ""), port.get("name", ""))
+                    if port is not None
+                    else None
+                ),
+                bind=e.get("bind", ""),
+            )
+        )
+    return m.Sidecar(
+        meta=meta,
+        workload_selector=dict(ws.get("labels") or {}) if ws is not None else None,
+        egress=tuple(egress),
+        outbound_mode=(spec.get("outboundTrafficPolicy") or {}).get("mode"),
+        ingress=tuple(spec.get("ingress") or ()),
+        inbound_connection_pool=spec.get("inboundConnectionPool"),
+    )
+
+
+def _match_labels(selector: dict[str, Any] | None) -> dict[str, str] | None:
+    """`selector.matchLabels`, or None when there is no selector or it has no labels."""
+    labels = (selector or {}).get("matchLabels") or {}
+    return dict(labels) or None
+
+
+def _build_peer_authentication(meta: m.Meta, spec: dict[str, Any]) -> m.PeerAuthentication:
+    return m.PeerAuthentication(
+        meta=meta,
+        selector=_match_labels(spec.get("selector")),
+        mode=(spec.get("mtls") or {}).get("mode", "UNSET"),
+        port_level_mtls={
+            port: (mtls or {}).get("mode", "UNSET")
+            for port, mtls in (spec.get("portLevelMtls") or {}).items()
+        },
+    )
+
+
+def _strings(d: dict[str, Any], key: str) -> tuple[str, ...]:
+    return tuple(d.get(key) or ())
+
+
+def _service_accounts(d: dict[str, Any], key: str, namespace: str) -> tuple[str, ...]:
+    # `name` alone means a service account of the policy's own namespace (as Istio reads it)
+    return tuple(sa if "/" in sa else f"{namespace}/{sa}" for sa in d.get(key) or ())
+
+
+def _rule_source_model(d: dict[str, Any], namespace: str) -> m.RuleSource:
+    return m.RuleSource(
+        principals=_strings(d, "principals"),
+        not_principals=_strings(d, "notPrincipals"),
+        namespaces=_strings(d, "namespaces"),
+        not_namespaces=_strings(d, "notNamespaces"),
+        service_accounts=_service_accounts(d, "serviceAccounts", namespace),
+        not_service_accounts=_service_accounts(d, "notServiceAccounts", namespace),
+        ip_blocks=_strings(d, "ipBlocks"),
+        not_ip_blocks=_strings(d, "notIpBlocks"),
+        remote_ip_blocks=_strings(d, "remoteIpBlocks"),
+        not_remote_ip_blocks=_strings(d, "notRemoteIpBlocks"),
+    )
+
+
+def _rule_operation_model(d: dict[str, Any]) -> m.RuleOperation:
+    return m.RuleOperation(
+        hosts=_strings(d, "hosts"),
+        not_hosts=_strings(d, "notHosts"),
+        ports=_strings(d, "ports"),
+        not_ports=_strings(d, "notPorts"),
+        methods=_strings(d, "methods"),
+        not_methods=_strings(d, "notMethods"),
+        paths=_strings(d, "paths"),
+        not_paths=_strings(d, "notPaths"),
+    )
+
+
+def _rule_condition_model(d: dict[str, Any], namespace: str) -> m.RuleCondition:
+    key = d["key"]
+    if key == "source.serviceAccount":
+        return m.RuleCondition(
+            key,
+            _service_accounts(d, "values", namespace),
+            _service_accounts(d, "notValues", namespace),
+        )
+    return m.RuleCondition(key, _strings(d, "values"), _strings(d, "notValues"))
+
+
+def _build_authorization_policy(meta: m.Meta, spec: dict[str, Any]) -> m.AuthorizationPolicy:
+    ns = meta.namespace
+    return m.AuthorizationPolicy(
+        meta=meta,
+        action=spec.get("action", "ALLOW"),
+        selector=_match_labels(spec.get("selector")),
+        rules=tuple(
+            m.AuthorizationRule(
+                sources=tuple(_rule_source_model(f["source"], ns) for f in r.get("from") or []),
+                operations=tuple(_rule_operation_model(t["operation"]) for t in r.get("to") or []),
+                conditions=tuple(_rule_condition_model(c, ns) for c in r.get("when") or []),
+            )
+            for r in spec.get("rules") or []
+        ),
+    )
+
+
 BUILDERS: dict[str, Callable[[m.Meta, dict[str, Any]], m.Resource]] = {
+    "PeerAuthentication": _build_peer_authentication,
+    "AuthorizationPolicy": _build_authorization_policy,
     "VirtualService": _build_virtual_service,
     "DestinationRule": _build_destination_rule,
     "ServiceEntry": _build_service_entry,
     "WorkloadEntry": _build_workload_entry,
+    "Sidecar": _build_sidecar,
 }
 
 

@@ -1,15 +1,19 @@
-"""Load balancers: round robin, random, least request (power of two choices).
+"""Load balancers: round robin, random, least request (power of two choices), and the
+consistent-hash balancers of `pymesh.policy.hashing` (ring hash, Maglev).
 
 A balancer picks one endpoint from the candidates the cluster hands it (already filtered for
 ejection). `avoid` holds endpoints an earlier attempt of the same call used: a retry prefers
 another endpoint (Envoy's previous-hosts predicate) but falls back to them when nothing else is
 left. Endpoints only need an `active` attribute (requests in flight) for least request.
+Every balancer takes the call's hash `key` (None when there is none); only hashing reads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from typing import Protocol, TypeVar
+
+from pymesh.policy.hashing import HashPolicy
 
 
 class RandomSource(Protocol):
@@ -52,7 +56,13 @@ class RoundRobinPolicy:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, candidates: Sequence[E], rng: RandomSource, avoid: Collection[E] = ()) -> E:
+    def pick(
+        self,
+        candidates: Sequence[E],
+        rng: RandomSource,
+        avoid: Collection[E] = (),
+        key: int | None = None,
+    ) -> E:
         """The next candidate in turn (skipping `avoid` when something else is left)."""
         pool = _without(candidates, avoid)
         i = self._next % len(pool)
@@ -69,7 +79,13 @@ class RandomPolicy:
     name = "RANDOM"
     __slots__ = ()
 
-    def pick(self, candidates: Sequence[E], rng: RandomSource, avoid: Collection[E] = ()) -> E:
+    def pick(
+        self,
+        candidates: Sequence[E],
+        rng: RandomSource,
+        avoid: Collection[E] = (),
+        key: int | None = None,
+    ) -> E:
         """A uniformly random candidate (skipping `avoid` when something else is left)."""
         pool = _without(candidates, avoid)
         return pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
@@ -85,7 +101,13 @@ class LeastRequestPolicy:
     name = "LEAST_REQUEST"
     __slots__ = ()
 
-    def pick(self, candidates: Sequence[E], rng: RandomSource, avoid: Collection[E] = ()) -> E:
+    def pick(
+        self,
+        candidates: Sequence[E],
+        rng: RandomSource,
+        avoid: Collection[E] = (),
+        key: int | None = None,
+    ) -> E:
         """The less loaded of two random candidates."""
         pool = _without(candidates, avoid)
         n = len(pool)
@@ -102,15 +124,20 @@ class LeastRequestPolicy:
         return "LeastRequestPolicy()"
 
 
-Balancer = RoundRobinPolicy | RandomPolicy | LeastRequestPolicy
+Balancer = RoundRobinPolicy | RandomPolicy | LeastRequestPolicy | HashPolicy
 
 
-def balancer_for(name: str | None) -> Balancer:
-    """The balancer for a DestinationRule `loadBalancer.simple` value (None → LEAST_REQUEST).
+def balancer_for(name: str | None, size: int = 0) -> Balancer:
+    """The balancer for a cluster's policy name: a `loadBalancer.simple` value (None →
+    LEAST_REQUEST), or RING_HASH / MAGLEV with `size` (minimum ring size / table size).
 
     PASSTHROUGH has no meaning without an original destination to pass to; pymesh sends to the
     declared endpoints and balances them as LEAST_REQUEST, and `analyze` says so.
     """
+    if name == "RING_HASH":
+        return HashPolicy("RING_HASH", size or 1024)
+    if name == "MAGLEV":
+        return HashPolicy("MAGLEV", size or 65537)
     if name == "ROUND_ROBIN":
         return RoundRobinPolicy()
     if name == "RANDOM":

@@ -2,7 +2,8 @@
 
 Match blocks of one rule are OR-ed; the conditions of one block are AND-ed. `compile_match`
 turns a validated `HTTPMatchRequest` into one predicate over a `RouteRequest`, dropping conditions
-that are known when the table is built (`sourceLabels` against this workload's own labels).
+that are known when the table is built (`sourceLabels` against this workload's own labels,
+`sourceNamespace` against its own namespace).
 """
 
 from __future__ import annotations
@@ -75,9 +76,14 @@ def _query_test(name: str, m: StringMatch | None) -> Predicate:
     return check
 
 
-def compile_match(m: HTTPMatchRequest, source_labels: Mapping[str, str]) -> Predicate | None:
+def compile_match(
+    m: HTTPMatchRequest, source_labels: Mapping[str, str], source_namespace: str | None = None
+) -> Predicate | None:
     """One predicate for a match block, or None when it can never match this workload
-    (its `sourceLabels` are not all among `source_labels`)."""
+    (its `sourceLabels` are not all among `source_labels`, or its `sourceNamespace` is not
+    `source_namespace`; None skips that check)."""
+    if m.source_namespace and source_namespace not in (None, m.source_namespace):
+        return None
     for k, v in m.source_labels.items():
         if source_labels.get(k) != v:
             return None
@@ -120,13 +126,19 @@ R = TypeVar("R")
 
 
 def compile_rule_matches(
-    matches: Sequence[HTTPMatchRequest], source_labels: Mapping[str, str]
+    matches: Sequence[HTTPMatchRequest],
+    source_labels: Mapping[str, str],
+    source_namespace: str | None = None,
 ) -> Predicate | None:
     """The predicate for a whole rule (its match blocks OR-ed; no blocks → always), or None when
     no block can match this workload."""
     if not matches:
         return _always
-    preds = [p for p in (compile_match(m, source_labels) for m in matches) if p is not None]
+    preds = [
+        p
+        for p in (compile_match(m, source_labels, source_namespace) for m in matches)
+        if p is not None
+    ]
     if not preds:
         return None
     if len(preds) == 1:

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from pymesh.server.protocol import PeerVerifier, protocol_class
+from pymesh.server.sniff import sniffing_protocol_class
 
 
 class MeshServer:
@@ -32,11 +33,17 @@ class MeshServer:
         port: int = 0,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         verify_peer: PeerVerifier | None = None,
+        plaintext_too: bool = False,
         log_level: str = "warning",
         **uvicorn_options: Any,
     ) -> None:
         factory = None
-        if ssl_context is not None:
+        http: type[Any] = protocol_class(verify_peer)
+        if ssl_context is not None and plaintext_too:
+            # PERMISSIVE: TLS and plaintext on one port; the sniffer does TLS itself
+            http = sniffing_protocol_class(http, ssl_context)
+            uvicorn_options.setdefault("loop", "asyncio")
+        elif ssl_context is not None:
             make = ssl_context
 
             def factory(
@@ -48,7 +55,7 @@ class MeshServer:
             app,
             host=host,
             port=port,
-            http=protocol_class(verify_peer),
+            http=http,
             ssl_context_factory=factory,
             log_level=log_level,
             lifespan=uvicorn_options.pop("lifespan", "auto"),
@@ -57,6 +64,7 @@ class MeshServer:
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
         self.scheme = "https" if ssl_context is not None else "http"
+        self.plaintext_too = plaintext_too
 
     @property
     def port(self) -> int:

@@ -29,7 +29,15 @@ def _fields(kind: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"]
+    "kind",
+    [
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "WorkloadEntry",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+    ],
 )
 def test_every_field_is_documented(kind: str) -> None:
     missing = sorted(f for f in _fields(kind) if not re.search(rf"[`.]{re.escape(f)}[`.\[]", DOC))

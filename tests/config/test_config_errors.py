@@ -119,19 +119,22 @@ CASES: list[tuple[str, str, str, str, str, str]] = [
     ),
     (
         "not-yet-field",
-        VS_HEAD + ROUTE + "    fault: #!\n      abort: {httpStatus: 500, percentage: {value: 1}}\n",
+        VS_HEAD + ROUTE + "    delegate: #!\n      name: reviews-routes\n",
         "PM0003",
         VS,
-        "spec.http[0].fault",
-        '"fault" is an Istio field pymesh does not support yet (fault injection)',
+        "spec.http[0].delegate",
+        '"delegate" is an Istio field pymesh does not support yet (VirtualService delegation)',
     ),
     (
-        "not-yet-deprecated-spelling",
-        VS_HEAD + ROUTE + "    mirror_percent: 5 #!\n",
+        "not-yet-nested-field",
+        VS_HEAD
+        + ROUTE
+        + "    fault:\n      abort:\n        http2Error: REFUSED_STREAM #!\n"
+        + "        percentage: {value: 1}\n",
         "PM0003",
         VS,
-        "spec.http[0].mirror_percent",
-        'the proto spelling of "mirrorPercent"',
+        "spec.http[0].fault.abort.http2Error",
+        '"http2Error" is an Istio field pymesh does not support yet',
     ),
     (
         "not-yet-retry-backoff",
@@ -143,11 +146,12 @@ CASES: list[tuple[str, str, str, str, str, str]] = [
     ),
     (
         "not-yet-connection-pool",
-        DR_HEAD + "  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 1}} #!\n",
+        DR_HEAD
+        + "  trafficPolicy:\n    connectionPool:\n      http: {maxConcurrentStreams: 1} #!\n",
         "PM0003",
         DR,
-        "spec.trafficPolicy.connectionPool",
-        "does not support yet",
+        "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
+        "does not support yet (HTTP/2 upstream connections)",
     ),
     (
         "not-yet-tls-settings",

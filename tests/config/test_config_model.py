@@ -12,15 +12,19 @@ from pymesh.config.model import (
     ConfigSet,
     Destination,
     DestinationRule,
+    EgressListener,
     HTTPMatchRequest,
     HTTPRetry,
     HTTPRoute,
+    LoadBalancerSettings,
     Meta,
     OutlierDetection,
-    RawResource,
+    PeerAuthentication,
     RouteDestination,
     ServiceEntry,
     ServicePort,
+    Sidecar,
+    SidecarPort,
     StringMatch,
     Subset,
     TrafficPolicy,
@@ -313,7 +317,8 @@ def test_load_balancer_simple(simple: str, expected: str) -> None:
         "DestinationRule", f"host: reviews\ntrafficPolicy: {{loadBalancer: {{simple: {simple}}}}}"
     )
     assert isinstance(dr, DestinationRule)
-    assert dr.traffic_policy == TrafficPolicy(load_balancer=expected)  # type: ignore[arg-type]
+    lb = LoadBalancerSettings(simple=expected)  # type: ignore[arg-type]
+    assert dr.traffic_policy == TrafficPolicy(load_balancer=lb)
 
 
 def test_destination_rule_subsets() -> None:
@@ -336,7 +341,11 @@ def test_destination_rule_subsets() -> None:
         traffic_policy=None,
         subsets=(
             Subset("v1", {"version": "v1"}),
-            Subset("v2", {"version": "v2"}, TrafficPolicy(load_balancer="RANDOM")),
+            Subset(
+                "v2",
+                {"version": "v2"},
+                TrafficPolicy(load_balancer=LoadBalancerSettings(simple="RANDOM")),
+            ),
         ),
     )
 
@@ -439,55 +448,36 @@ spec:
     )
 
 
-RAW_CASES = {
-    "Sidecar": """
-        workloadSelector: {labels: {app: reviews}}
-        ingress:
-        - port: {number: 9080, protocol: HTTP, name: http}
-          defaultEndpoint: 127.0.0.1:8080
-          connectionPool: {http: {http1MaxPendingRequests: 10, idleTimeout: 30s}}
-        egress:
-        - hosts: ["./*", "istio-system/*"]
-          port: {number: 80, protocol: http, name: http}
-        inboundConnectionPool: {tcp: {maxConnections: 10, connectTimeout: 1s}}
-        outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-        """,
-    "PeerAuthentication": """
-        selector: {matchLabels: {app: reviews}}
-        mtls: {mode: STRICT}
-        portLevelMtls:
-          8080: {mode: PERMISSIVE}
-        """,
-    "AuthorizationPolicy": """
-        selector: {matchLabels: {app: reviews}}
-        action: ALLOW
-        rules:
-        - from:
-          - source: {principals: ["cluster.local/ns/default/sa/productpage"]}
-          - source: {namespaces: [prod], ipBlocks: [10.0.0.0/8, 192.168.1.1]}
-          to:
-          - operation: {methods: [GET], paths: ["/reviews/*"], ports: ["9080"]}
-          when:
-          - key: request.headers[x-user]
-            values: [admin]
-        """,
-}
+SIDECAR = """
+    workloadSelector: {labels: {app: reviews}}
+    ingress:
+    - port: {number: 9080, protocol: HTTP, name: http}
+      defaultEndpoint: 127.0.0.1:8080
+      connectionPool: {http: {http1MaxPendingRequests: 10, idleTimeout: 30s}}
+    egress:
+    - hosts: ["./*", "istio-system/*"]
+      port: {number: 80, protocol: http, name: http}
+    - hosts: ["*/reviews.default.svc.cluster.local"]
+    inboundConnectionPool: {tcp: {maxConnections: 10, connectTimeout: 1s}}
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+    """
 
 
-@pytest.mark.parametrize("kind", list(RAW_CASES))
-def test_raw_kinds_are_validated_and_kept(kind: str) -> None:
-    r = _one(kind, RAW_CASES[kind])
-    assert isinstance(r, RawResource)
-    assert r.meta.kind == kind and r.meta.name == "x"
-    assert r.spec == load_yaml_spec(RAW_CASES[kind])
-
-
-def load_yaml_spec(spec: str) -> dict[str, Any]:
-    import yaml
-
-    data = yaml.safe_load(textwrap.dedent(spec))
-    assert isinstance(data, dict)
-    return data
+def test_sidecar_model() -> None:
+    r = _one("Sidecar", SIDECAR)
+    assert isinstance(r, Sidecar)
+    assert r.meta.kind == "Sidecar" and r.meta.name == "x"
+    assert r.workload_selector == {"app": "reviews"}
+    assert r.egress == (
+        EgressListener(("./*", "istio-system/*"), SidecarPort(80, "HTTP", "http")),
+        EgressListener(("*/reviews.default.svc.cluster.local",)),
+    )
+    assert r.outbound_mode == "REGISTRY_ONLY"
+    # the inbound side's parts are kept as validated data (durations in seconds)
+    assert r.ingress[0]["connectionPool"] == {
+        "http": {"http1MaxPendingRequests": 10, "idleTimeout": 30.0}
+    }
+    assert r.inbound_connection_pool == {"tcp": {"maxConnections": 10, "connectTimeout": 1.0}}
 
 
 def test_default_namespace_and_labels() -> None:
@@ -508,7 +498,7 @@ def test_networking_versions(api: str) -> None:
 def test_security_versions(api: str) -> None:
     text = f"apiVersion: security.istio.io/{api}\nkind: PeerAuthentication\nmetadata: {{name: a}}\n"
     cs = load_text(text)
-    assert isinstance(cs.resources[0], RawResource)
+    assert isinstance(cs.resources[0], PeerAuthentication)
 
 
 def test_multi_document_with_empty_documents() -> None:

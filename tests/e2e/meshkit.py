@@ -46,6 +46,7 @@ class Backend:
         self._count = 0
         self.bodies: list[bytes] = []
         self.targets: list[str] = []  # path?query of each request, as received
+        self.headers: list[list[tuple[str, str]]] = []  # each request's headers, in order
         self.script: Callable[[int], Reply] = lambda n: Reply()
 
     # -- scripting ---------------------------------------------------------------------------
@@ -109,6 +110,9 @@ class Backend:
             self.bodies.append(bytes(body))
             query = scope.get("query_string", b"").decode("latin-1")
             self.targets.append(scope["path"] + (f"?{query}" if query else ""))
+            self.headers.append(
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            )
         reply = self.script(n)
         if reply.delay and await _disconnected_within(receive, reply.delay):
             return

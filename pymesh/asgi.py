@@ -1,0 +1,161 @@
+"""`MeshMiddleware`: the mesh's inbound policy for any ASGI app, on any server.
+
+Pure ASGI (not Starlette's BaseHTTPMiddleware): it reads the request once, asks
+`pymesh.inbound.InboundPolicy`, and either answers (400, 403 `RBAC: access denied`, 307) or
+calls the app with the normalized `path` / `raw_path`, the cleaned headers, and the caller's
+identity in `scope["extensions"]["pymesh"]["peer"]` (a `spiffe://` URI, or None).
+
+Where the identity comes from: the ASGI TLS extension (`scope["extensions"]["tls"]`, which
+`Mesh.serve` fills once per connection with the SPIFFE-checked peer as `pymesh.peer`); or,
+behind `pymesh-proxy`, the `X-Forwarded-Client-Cert` header — trusted only over an
+authenticated hop (a Unix socket, or a valid HMAC from `XfccSigner`), otherwise dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
+from pymesh.xfcc import MAC_HEADER, XFCC_HEADER, XfccError, XfccSigner, peer_uri
+
+if TYPE_CHECKING:
+    from pymesh.mesh import Mesh
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("pymesh.inbound")
+
+_XFCC = XFCC_HEADER.encode()
+_MAC = MAC_HEADER.encode()
+
+
+def peer_from_xfcc(
+    headers: list[tuple[bytes, bytes]], signer: XfccSigner | None, unix_socket: bool
+) -> str | None:
+    """The caller's identity from XFCC when the hop is authenticated, else None."""
+    xfcc = mac = None
+    for name, value in headers:
+        if name == _XFCC:
+            xfcc = value.decode("latin-1")
+        elif name == _MAC:
+            mac = value.decode("latin-1")
+    if xfcc is None:
+        return None
+    if not unix_socket and (signer is None or not signer.verify(xfcc, mac)):
+        return None
+    try:
+        return peer_uri(xfcc)
+    except XfccError:
+        return None
+
+
+def _transport_and_peer(scope: Scope, signer: XfccSigner | None) -> tuple[Transport, str | None]:
+    tls = scope.get("extensions", {}).get("tls")
+    if tls is not None:
+        peer = tls.get("pymesh.peer")
+        if peer is None and tls.get("client_cert_chain"):
+            return "tls", None  # a foreign server's TLS: no SPIFFE check ran, no identity
+        return ("mtls", peer) if peer else ("tls", None)
+    server = scope.get("server")
+    unix_socket = server is not None and server[1] is None
+    peer = peer_from_xfcc(scope.get("headers", []), signer, unix_socket)
+    if peer is not None:
+        return "mtls", peer  # the proxy terminated mTLS and vouches for the caller
+    return ("tls" if scope.get("scheme") in ("https", "wss") else "plaintext"), None
+
+
+async def _reply(send: Send, verdict: InboundVerdict) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(verdict.body))]
+    if verdict.location:
+        headers.append((b"location", verdict.location.encode("latin-1")))
+    await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
+    await send({"type": "http.response.body", "body": verdict.body})
+
+
+class MeshMiddleware:
+    """Apply the mesh's PeerAuthentication, header hygiene, path normalization and
+    AuthorizationPolicy to an ASGI app. `Mesh.serve` adds it for you."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        mesh: Mesh | None = None,
+        *,
+        policy: InboundPolicy | None = None,
+        xfcc_signer: XfccSigner | None = None,
+    ) -> None:
+        if mesh is None and policy is None:
+            raise TypeError("MeshMiddleware needs a mesh or a policy")
+        self.app = app
+        self.mesh = mesh
+        self._policy = policy
+        self.xfcc_signer = xfcc_signer
+
+    def policy(self) -> InboundPolicy:
+        """The inbound policy for the mesh's current snapshot."""
+        if self.mesh is not None:
+            return self.mesh.inbound_policy()
+        assert self._policy is not None
+        return self._policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope."""
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        transport, peer = _transport_and_peer(scope, self.xfcc_signer)
+        server = scope.get("server") or ("", None)
+        client = scope.get("client") or ("", 0)
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string") or b""
+        verdict = self.policy().check(
+            InboundRequest(
+                method=scope.get("method", "GET"),
+                target=raw_path + b"?" + query if query else raw_path,
+                headers=scope.get("headers", []),
+                port=server[1] or 0,
+                transport=transport,
+                peer=peer,
+                source_ip=client[0] or "",
+                destination_ip=server[0] or "",
+            )
+        )
+        if not verdict.served:
+            log.info(
+                "refused %s %s from %s: %s (%d)",
+                scope.get("method", ""),
+                raw_path.decode("latin-1"),
+                peer or client[0],
+                verdict.reason,
+                verdict.status,
+            )
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await _reply(send, verdict)
+            return
+        assert verdict.path is not None and verdict.headers is not None
+        inner = dict(scope)
+        inner["path"] = verdict.path.asgi_path()
+        inner["raw_path"] = verdict.path.raw_path
+        inner["headers"] = verdict.headers.items
+        extensions = dict(scope.get("extensions") or {})
+        extensions["pymesh"] = {"peer": verdict.peer}
+        inner["extensions"] = extensions
+        await self.app(inner, receive, send)
+
+    def __repr__(self) -> str:
+        return f"MeshMiddleware({self.app!r})"
+
+
+def peer(scope: Scope) -> str | None:
+    """The caller's verified identity (`spiffe://...`) as `MeshMiddleware` saw it, or None."""
+    ext = scope.get("extensions") or {}
+    got: str | None = (ext.get("pymesh") or {}).get("peer")
+    return got

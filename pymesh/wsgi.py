@@ -1,0 +1,145 @@
+"""`MeshMiddleware` for WSGI apps: the same inbound policy as `pymesh.asgi`, for Flask, Django
+under WSGI, and any PEP 3333 app.
+
+The decision is `pymesh.inbound.InboundPolicy.check`, shared with the ASGI side. The raw
+request target comes from `RAW_URI` (gunicorn) or `REQUEST_URI` (uWSGI, mod_wsgi); servers that
+give neither (wsgiref) only hand over the decoded `PATH_INFO`, which is re-encoded — a server
+that keeps the raw target is safer, and `docs/authorization.md` says so. The caller's identity
+comes from `X-Forwarded-Client-Cert` set by `pymesh-proxy`, trusted only with a valid HMAC
+(`XfccSigner`) or on a Unix socket; the app finds it in `environ["pymesh.peer"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pymesh.asgi import peer_from_xfcc
+from pymesh.inbound import InboundPolicy, InboundRequest, Transport
+from pymesh.xfcc import XfccSigner
+
+if TYPE_CHECKING:
+    from pymesh.mesh import Mesh
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+log = logging.getLogger("pymesh.inbound")
+
+_SPECIAL = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+
+
+def _headers(environ: Environ) -> list[tuple[bytes, bytes]]:
+    out = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].lower().replace("_", "-").encode("latin-1")
+        elif key in _SPECIAL:
+            if not value:
+                continue
+            name = _SPECIAL[key]
+        else:
+            continue
+        out.append((name, str(value).encode("latin-1")))
+    return out
+
+
+def _target(environ: Environ) -> bytes:
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw).encode("latin-1")
+    path = quote(
+        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,@:!$&'()*+~"
+    )
+    query = environ.get("QUERY_STRING", "")
+    return (path + ("?" + query if query else "")).encode("latin-1")
+
+
+class MeshMiddleware:
+    """Apply the mesh's inbound policy to a WSGI app."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        mesh: Mesh | None = None,
+        *,
+        policy: InboundPolicy | None = None,
+        xfcc_signer: XfccSigner | None = None,
+        unix_socket: bool = False,
+    ) -> None:
+        if mesh is None and policy is None:
+            raise TypeError("MeshMiddleware needs a mesh or a policy")
+        self.app = app
+        self.mesh = mesh
+        self._policy = policy
+        self.xfcc_signer = xfcc_signer
+        self.unix_socket = unix_socket
+
+    def policy(self) -> InboundPolicy:
+        """The inbound policy for the mesh's current snapshot."""
+        if self.mesh is not None:
+            return self.mesh.inbound_policy()
+        assert self._policy is not None
+        return self._policy
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Serve one WSGI request."""
+        headers = _headers(environ)
+        peer = peer_from_xfcc(headers, self.xfcc_signer, self.unix_socket)
+        transport: Transport
+        if peer is not None:
+            transport = "mtls"
+        else:
+            transport = "tls" if environ.get("wsgi.url_scheme") == "https" else "plaintext"
+        try:
+            port = int(environ.get("SERVER_PORT") or 0)
+        except ValueError:
+            port = 0
+        verdict = self.policy().check(
+            InboundRequest(
+                method=environ.get("REQUEST_METHOD", "GET"),
+                target=_target(environ),
+                headers=headers,
+                port=port,
+                transport=transport,
+                peer=peer,
+                source_ip=environ.get("REMOTE_ADDR", ""),
+            )
+        )
+        if not verdict.served:
+            log.info(
+                "refused %s %s from %s: %s (%d)",
+                environ.get("REQUEST_METHOD", ""),
+                environ.get("PATH_INFO", ""),
+                peer or environ.get("REMOTE_ADDR", ""),
+                verdict.reason,
+                verdict.status,
+            )
+            reply = [("Content-Type", "text/plain"), ("Content-Length", str(len(verdict.body)))]
+            if verdict.location:
+                reply.append(("Location", verdict.location))
+            start_response(f"{verdict.status} {_REASONS.get(verdict.status or 0, '')}", reply)
+            return [verdict.body]
+        assert verdict.path is not None and verdict.headers is not None
+        inner = {k: v for k, v in environ.items() if not (k.startswith("HTTP_") or k in _SPECIAL)}
+        for name, value in verdict.headers.items:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            if key in _SPECIAL:
+                inner[key] = value.decode("latin-1")
+            else:
+                inner["HTTP_" + key] = value.decode("latin-1")
+        inner["PATH_INFO"] = verdict.path.wsgi_path_info()
+        inner["SCRIPT_NAME"] = ""
+        inner["QUERY_STRING"] = verdict.path.query
+        inner["RAW_URI"] = verdict.path.target
+        inner["pymesh.peer"] = verdict.peer
+        return self.app(inner, start_response)
+
+    def __repr__(self) -> str:
+        return f"MeshMiddleware({self.app!r})"
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 307: "Temporary Redirect"}
