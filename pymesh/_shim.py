@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+import httpcore
 
 if TYPE_CHECKING:
     from pymesh.http1.pool import Http1Pool
@@ -102,6 +105,17 @@ class SyncSignal:
 # The absolute (monotonic) deadline of the attempt in progress in this context. The network
 # backend wrappers clamp every connect/read/write timeout to it, so one mechanism enforces the
 # route timeout and perTryTimeout for sync and async alike, while the body is still streaming.
+# The check to run on a TLS connection right after its handshake, before the first request
+# byte (the SPIFFE rules and the identities expected for the endpoint); None: no TLS check.
+PEER_CHECK: contextvars.ContextVar[Callable[[ssl.SSLObject], object] | None] = (
+    contextvars.ContextVar("pymesh_peer_check", default=None)
+)
+
+
+class PeerRejectedError(httpcore.ConnectError):
+    """The TLS peer failed the post-handshake check: the connection is closed unused."""
+
+
 DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
     "pymesh_deadline", default=float("inf")
 )

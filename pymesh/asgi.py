@@ -69,6 +69,27 @@ def _transport_and_peer(scope: Scope, signer: XfccSigner | None) -> tuple[Transp
     return ("tls" if scope.get("scheme") in ("https", "wss") else "plaintext"), None
 
 
+def inbound_request(scope: Scope, xfcc_signer: XfccSigner | None = None) -> InboundRequest:
+    """The `InboundRequest` for an ASGI http/websocket scope: the raw target, the headers as
+    received, and the transport and identity (ASGI TLS extension, or XFCC over an
+    authenticated hop). Shared by `MeshMiddleware` and the framework integrations."""
+    transport, peer = _transport_and_peer(scope, xfcc_signer)
+    server = scope.get("server") or ("", None)
+    client = scope.get("client") or ("", 0)
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query = scope.get("query_string") or b""
+    return InboundRequest(
+        method=scope.get("method", "GET"),
+        target=raw_path + b"?" + query if query else raw_path,
+        headers=scope.get("headers", []),
+        port=server[1] or 0,
+        transport=transport,
+        peer=peer,
+        source_ip=client[0] or "",
+        destination_ip=server[0] or "",
+    )
+
+
 async def _reply(send: Send, verdict: InboundVerdict) -> None:
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(verdict.body))]
     if verdict.location:
@@ -109,29 +130,14 @@ class MeshMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        transport, peer = _transport_and_peer(scope, self.xfcc_signer)
-        server = scope.get("server") or ("", None)
-        client = scope.get("client") or ("", 0)
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query = scope.get("query_string") or b""
-        verdict = self.policy().check(
-            InboundRequest(
-                method=scope.get("method", "GET"),
-                target=raw_path + b"?" + query if query else raw_path,
-                headers=scope.get("headers", []),
-                port=server[1] or 0,
-                transport=transport,
-                peer=peer,
-                source_ip=client[0] or "",
-                destination_ip=server[0] or "",
-            )
-        )
+        request = inbound_request(scope, self.xfcc_signer)
+        verdict = self.policy().check(request)
         if not verdict.served:
             log.info(
                 "refused %s %s from %s: %s (%d)",
-                scope.get("method", ""),
-                raw_path.decode("latin-1"),
-                peer or client[0],
+                request.method,
+                request.target.partition(b"?")[0].decode("latin-1"),
+                request.peer or request.source_ip,
                 verdict.reason,
                 verdict.status,
             )

@@ -14,7 +14,7 @@ from typing import Any
 class Attempt:
     """One try of a call: which endpoint, what came back (status or failure), how long."""
 
-    __slots__ = ("duration", "endpoint", "failure", "retry_on", "status")
+    __slots__ = ("detail", "duration", "endpoint", "failure", "retry_on", "status")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -22,10 +22,13 @@ class Attempt:
         self.failure: str | None = None
         self.duration = 0.0
         self.retry_on: str | None = None  # the retryOn condition that led to another try
+        self.detail: str | None = None  # why, when the failure name is not enough (TLS peer)
 
     def describe(self) -> str:
         """`127.0.0.1:8001 → 503` or `127.0.0.1:8002 → connect-failure`."""
         what = str(self.status) if self.status is not None else (self.failure or "?")
+        if self.detail:
+            what += f" ({self.detail})"
         return f"{self.endpoint} → {what}"
 
     def __repr__(self) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 
 from pymesh._async.transport import AsyncMeshTransport
-from pymesh._httpx_client import lean_cookies
+from pymesh._httpx_client import MeshAsyncClient, MeshClient
 from pymesh._sync.transport import MeshTransport
+from pymesh._tls import OutboundTls
 from pymesh.asgi import MeshMiddleware
 from pymesh.config import load_files, load_text
 from pymesh.config.model import ConfigSet
@@ -75,10 +76,14 @@ class Mesh:
         # the workload's SVID and mTLS contexts (None: plaintext, no identity)
         self.identity = identity
         self._identity_started = False
+        # how outbound attempts speak TLS (DestinationRule tls, or auto mesh mTLS)
+        self.outbound_tls = OutboundTls(identity)
         self._inbound: tuple[ConfigSet, InboundPolicy] | None = None
         self._sync_transports: weakref.WeakSet[MeshTransport] = weakref.WeakSet()
         self._async_transports: weakref.WeakSet[AsyncMeshTransport] = weakref.WeakSet()
-        snapshot = compile_snapshot(config, namespace, self.labels, locality=locality)
+        snapshot = compile_snapshot(
+            config, namespace, self.labels, locality=locality, trust_domain=trust_domain
+        )
         if clock is None:
             self.runtime = Runtime(snapshot, rng=rng)
         else:
@@ -120,18 +125,26 @@ class Mesh:
 
     def update(self, config: ConfigSet) -> None:
         """Switch to new configuration: new calls use it, calls in flight finish on the old."""
-        snapshot = compile_snapshot(config, self.namespace, self.labels, locality=self.locality)
+        snapshot = compile_snapshot(
+            config,
+            self.namespace,
+            self.labels,
+            locality=self.locality,
+            trust_domain=self.trust_domain,
+        )
         self._config = config
         self.runtime.apply(snapshot)
 
     def transport(self, **kw: Any) -> MeshTransport:
         """A sync meshed transport, for `httpx.Client(transport=...)`."""
+        self._start_identity()
         transport = MeshTransport(self, **kw)
         self._sync_transports.add(transport)
         return transport
 
     def async_transport(self, **kw: Any) -> AsyncMeshTransport:
         """An async meshed transport, for `httpx.AsyncClient(transport=...)`."""
+        self._start_identity()
         transport = AsyncMeshTransport(self, **kw)
         self._async_transports.add(transport)
         return transport
@@ -139,16 +152,15 @@ class Mesh:
     def http_client(self, **kwargs: Any) -> httpx.Client:
         """An `httpx.Client` whose requests go through the mesh (other keyword arguments go to
         httpx; `limits` sizes the mesh's connection pool, which is httpcore's)."""
-        client = httpx.Client(transport=self.transport(**_pool_options(kwargs)), **kwargs)
-        return lean_cookies(client)
+        return MeshClient(transport=self.transport(**_pool_options(kwargs)), **kwargs)
 
     def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An `httpx.AsyncClient` whose requests go through the mesh (other keyword arguments
         go to httpx). `limits` sizes the mesh's connection pool (per endpoint); `pool="httpcore"`
-        uses httpcore's pool instead of pymesh's lean HTTP/1.1 pool (`pool="auto"`). Cookie
-        handling skips parsing responses that set no cookie (`pymesh._httpx_client`)."""
+        uses httpcore's pool instead of pymesh's lean HTTP/1.1 pool (`pool="auto"`). Both
+        clients are httpx's own classes minus two per-request costs (`pymesh._httpx_client`)."""
         transport = self.async_transport(**_pool_options(kwargs))
-        return lean_cookies(httpx.AsyncClient(transport=transport, **kwargs))
+        return MeshAsyncClient(transport=transport, **kwargs)
 
     def inbound_policy(self) -> InboundPolicy:
         """The PeerAuthentication / AuthorizationPolicy decisions for this workload, compiled
@@ -172,6 +184,14 @@ class Mesh:
             identity.start()
             self._identity_started = True
         return identity
+
+    def start(self) -> Mesh:
+        """Make the mesh ready to take traffic: the workload's certificate is obtained and
+        renewed in the background from now on. Idempotent; it may block (later: until the
+        control plane answers), so frameworks call it off their event loop, with a bound
+        (`pymesh_fastapi`'s lifespan, `pymesh_django`'s first request). `close()` undoes it."""
+        self._start_identity()
+        return self
 
     def server(
         self, app: Any, *, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from pymesh.config.hosts import canonical_host
 from pymesh.config.model import (
+    ClientTLSSettings,
     ConfigSet,
     ConnectionPoolSettings,
     ConsistentHash,
@@ -56,6 +57,9 @@ class EndpointSpec:
     service_account: str = ""
     # locality priority seen from this workload (0 = first choice; `pymesh.policy.locality`)
     priority: int = 0
+    # the SPIFFE ID this endpoint must present over mesh mTLS ("" when it is not a mesh
+    # workload: no serviceAccount, so no identity to expect and no auto mTLS)
+    identity: str = ""
 
     @property
     def label(self) -> str:
@@ -81,6 +85,10 @@ class ClusterSpec:
     retry_budget: RetryBudget = field(default_factory=RetryBudget)
     # locality-weighted balancing (`localityLbSetting.distribute`): weight per endpoint locality
     locality_weights: Mapping[str, int] | None = None
+    # `trafficPolicy.tls` after merging; None: auto — mesh mTLS to endpoints with an identity
+    tls: ClientTLSSettings | None = None
+    # identities any endpoint may present besides its own (ServiceEntry / tls subjectAltNames)
+    subject_alt_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +229,7 @@ def _port_policy(tp: TrafficPolicy | None, port: int) -> tuple[TrafficPolicy | N
                     outlier_detection=pl.outlier_detection,
                     connection_pool=pl.connection_pool,
                     retry_budget=tp.retry_budget,
+                    tls=pl.tls,
                 ),
                 True,
             )
@@ -257,6 +266,7 @@ def effective_policy(
             else base.connection_pool
         ),
         retry_budget=over.retry_budget or base.retry_budget,
+        tls=over.tls if over.tls is not None or port_level else base.tls,
     )
 
 
@@ -291,6 +301,7 @@ def _cluster(
     specs: tuple[EndpointSpec, ...],
     locality: str,
     labels: Mapping[str, str],
+    sans: tuple[str, ...] = (),
 ) -> ClusterSpec:
     """One cluster: balancer, limits and the endpoints' locality priorities from `tp`."""
     lbs = tp.load_balancer or LoadBalancerSettings()
@@ -315,6 +326,8 @@ def _cluster(
         hash=hash_,
         retry_budget=tp.retry_budget or RetryBudget(),
         locality_weights=weights,
+        tls=tp.tls,
+        subject_alt_names=(tp.tls.subject_alt_names if tp.tls else ()) or sans,
     )
 
 
@@ -328,6 +341,7 @@ def compile_snapshot(
     source_labels: Mapping[str, str] | None = None,
     version: str | None = None,
     locality: str | None = None,
+    trust_domain: str = "cluster.local",
 ) -> Snapshot:
     """Build a snapshot of `config` as seen by a workload in `namespace` with `source_labels`
     and `locality` (`region/zone/subzone`; None: from its own WorkloadEntry, if any)."""
@@ -341,6 +355,8 @@ def compile_snapshot(
     service_endpoints: dict[str, list[WorkloadEndpoint]] = {}
     resolution: dict[str, str] = {}
     written: dict[str, str] = {}  # canonical host -> the name as the ServiceEntry wrote it
+    owner_ns: dict[str, str] = {}  # canonical host -> the namespace of its ServiceEntry
+    sans: dict[str, tuple[str, ...]] = {}
     for se in entries:
         eps = list(se.endpoints)
         if se.workload_selector is not None:
@@ -359,6 +375,8 @@ def compile_snapshot(
             service_endpoints[host] = eps
             resolution[host] = se.resolution
             written[host] = h.strip().rstrip(".")
+            owner_ns[host] = se.meta.namespace
+            sans[host] = se.subject_alt_names
 
     drs: dict[str, DestinationRule] = {}
     for dr in rules:
@@ -385,6 +403,11 @@ def compile_snapshot(
                         weight=e.weight,
                         locality=e.locality,
                         service_account=e.service_account,
+                        identity=(
+                            f"spiffe://{trust_domain}/ns/{owner_ns[host]}/sa/{e.service_account}"
+                            if e.service_account
+                            else ""
+                        ),
                     )
                     for e in eps
                     if all(e.labels.get(k) == v for k, v in sel.items())
@@ -394,7 +417,9 @@ def compile_snapshot(
                     specs = (EndpointSpec(address=written[host], port=sport.target_port or number),)
                 tp = effective_policy(rule_policy, subset_policy, number)
                 name = cluster_name(host, number, subset)
-                clusters[name] = _cluster(name, host, number, subset, tp, specs, locality, labels)
+                clusters[name] = _cluster(
+                    name, host, number, subset, tp, specs, locality, labels, sans[host]
+                )
 
     vhosts: dict[str, VirtualHost] = {}
     for vs in vss:

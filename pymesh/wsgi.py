@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pymesh.asgi import peer_from_xfcc
-from pymesh.inbound import InboundPolicy, InboundRequest, Transport
+from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
 from pymesh.xfcc import XfccSigner
 
 if TYPE_CHECKING:
@@ -58,6 +58,55 @@ def _target(environ: Environ) -> bytes:
     return (path + ("?" + query if query else "")).encode("latin-1")
 
 
+def inbound_request(
+    environ: Environ, xfcc_signer: XfccSigner | None = None, unix_socket: bool = False
+) -> InboundRequest:
+    """The `InboundRequest` for a WSGI environ (or a Django `request.META`): the raw target,
+    the headers, and the caller's identity from XFCC when the hop is authenticated (a valid
+    HMAC from `xfcc_signer`, or `unix_socket`). Shared by `MeshMiddleware` and the framework
+    integrations."""
+    headers = _headers(environ)
+    peer = peer_from_xfcc(headers, xfcc_signer, unix_socket)
+    transport: Transport
+    if peer is not None:
+        transport = "mtls"
+    else:
+        transport = "tls" if environ.get("wsgi.url_scheme") == "https" else "plaintext"
+    try:
+        port = int(environ.get("SERVER_PORT") or 0)
+    except ValueError:
+        port = 0
+    return InboundRequest(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        target=_target(environ),
+        headers=headers,
+        port=port,
+        transport=transport,
+        peer=peer,
+        source_ip=environ.get("REMOTE_ADDR", ""),
+    )
+
+
+def served_environ(environ: Environ, verdict: InboundVerdict) -> Environ:
+    """The environ the app receives for a served `verdict`: the cleaned headers, the normalized
+    path (`PATH_INFO`, with `SCRIPT_NAME` emptied: the whole path was normalized), the raw
+    target as `RAW_URI`, and the caller's identity as `pymesh.peer`."""
+    assert verdict.path is not None and verdict.headers is not None
+    inner = {k: v for k, v in environ.items() if not (k.startswith("HTTP_") or k in _SPECIAL)}
+    for name, value in verdict.headers.items:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key in _SPECIAL:
+            inner[key] = value.decode("latin-1")
+        else:
+            inner["HTTP_" + key] = value.decode("latin-1")
+    inner["PATH_INFO"] = verdict.path.wsgi_path_info()
+    inner["SCRIPT_NAME"] = ""
+    inner["QUERY_STRING"] = verdict.path.query
+    inner["RAW_URI"] = verdict.path.target
+    inner["pymesh.peer"] = verdict.peer
+    return inner
+
+
 class MeshMiddleware:
     """Apply the mesh's inbound policy to a WSGI app."""
 
@@ -87,34 +136,14 @@ class MeshMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one WSGI request."""
-        headers = _headers(environ)
-        peer = peer_from_xfcc(headers, self.xfcc_signer, self.unix_socket)
-        transport: Transport
-        if peer is not None:
-            transport = "mtls"
-        else:
-            transport = "tls" if environ.get("wsgi.url_scheme") == "https" else "plaintext"
-        try:
-            port = int(environ.get("SERVER_PORT") or 0)
-        except ValueError:
-            port = 0
-        verdict = self.policy().check(
-            InboundRequest(
-                method=environ.get("REQUEST_METHOD", "GET"),
-                target=_target(environ),
-                headers=headers,
-                port=port,
-                transport=transport,
-                peer=peer,
-                source_ip=environ.get("REMOTE_ADDR", ""),
-            )
-        )
+        request = inbound_request(environ, self.xfcc_signer, self.unix_socket)
+        verdict = self.policy().check(request)
         if not verdict.served:
             log.info(
                 "refused %s %s from %s: %s (%d)",
                 environ.get("REQUEST_METHOD", ""),
                 environ.get("PATH_INFO", ""),
-                peer or environ.get("REMOTE_ADDR", ""),
+                request.peer or request.source_ip,
                 verdict.reason,
                 verdict.status,
             )
@@ -123,20 +152,7 @@ class MeshMiddleware:
                 reply.append(("Location", verdict.location))
             start_response(f"{verdict.status} {_REASONS.get(verdict.status or 0, '')}", reply)
             return [verdict.body]
-        assert verdict.path is not None and verdict.headers is not None
-        inner = {k: v for k, v in environ.items() if not (k.startswith("HTTP_") or k in _SPECIAL)}
-        for name, value in verdict.headers.items:
-            key = name.decode("latin-1").upper().replace("-", "_")
-            if key in _SPECIAL:
-                inner[key] = value.decode("latin-1")
-            else:
-                inner["HTTP_" + key] = value.decode("latin-1")
-        inner["PATH_INFO"] = verdict.path.wsgi_path_info()
-        inner["SCRIPT_NAME"] = ""
-        inner["QUERY_STRING"] = verdict.path.query
-        inner["RAW_URI"] = verdict.path.target
-        inner["pymesh.peer"] = verdict.peer
-        return self.app(inner, start_response)
+        return self.app(served_environ(environ, verdict), start_response)
 
     def __repr__(self) -> str:
         return f"MeshMiddleware({self.app!r})"

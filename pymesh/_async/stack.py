@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import httpcore
 
-from pymesh._shim import AsyncSignal, async_sleep, async_spawn
+from pymesh._shim import AsyncSignal, PeerRejectedError, async_sleep, async_spawn
 from pymesh.call import Attempt, Call, Decision, Outcome
 from pymesh.config.model import ConnectionPoolSettings
 from pymesh.errors import (
@@ -689,6 +689,8 @@ class EndpointFilter:
     ) -> Outcome:
         attempt.failure = failure
         attempt.duration = now - start
+        if isinstance(exc, PeerRejectedError):
+            attempt.detail = str(exc)  # the TLS peer failed the SPIFFE checks: say which
         if failure != Failure.OVERFLOW:
             reason = call.cluster.record(call.endpoint, None, True, now)
             if reason:

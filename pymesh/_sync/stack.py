@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import httpcore
 
-from pymesh._shim import SyncSignal, sync_sleep, sync_spawn
+from pymesh._shim import PeerRejectedError, SyncSignal, sync_sleep, sync_spawn
 from pymesh.call import Attempt, Call, Decision, Outcome
 from pymesh.config.model import ConnectionPoolSettings
 from pymesh.errors import (
@@ -690,6 +690,8 @@ class EndpointFilter:
     ) -> Outcome:
         attempt.failure = failure
         attempt.duration = now - start
+        if isinstance(exc, PeerRejectedError):
+            attempt.detail = str(exc)  # the TLS peer failed the SPIFFE checks: say which
         if failure != Failure.OVERFLOW:
             reason = call.cluster.record(call.endpoint, None, True, now)
             if reason:

@@ -19,18 +19,21 @@ started with. Async source; `pymesh/_sync/transport.py` is generated from it.
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
 
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
-from pymesh._shim import DEADLINE, sync_lean_pool
+from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, sync_lean_pool
 from pymesh._sync.stack import RouterFilter, SyncSender, build_client_stack, egress_denied
+from pymesh._tls import OutboundTls
 from pymesh.call import Call, Decision
-from pymesh.errors import CallError
+from pymesh.errors import CallError, MeshError
+from pymesh.identity import refusal_from_ssl_error
 from pymesh.policy.header_ops import apply_header_ops
 from pymesh.policy.local import LocalReply
 from pymesh.runtime import EndpointState
@@ -79,9 +82,30 @@ class SyncDeadlineStream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         """Upgrade to TLS within the deadline."""
-        tls = self._stream.start_tls(
-            ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
-        )
+        check = PEER_CHECK.get()
+        try:
+            tls = self._stream.start_tls(
+                ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
+            )
+        except httpcore.ConnectError as exc:
+            cause = exc.__cause__ or exc.__context__
+            refusal = (
+                refusal_from_ssl_error(cause, peer_role="server")
+                if check is not None and isinstance(cause, ssl.SSLError)
+                else None
+            )
+            if refusal is not None:  # OpenSSL refused the peer: say why, as the SPIFFE check does
+                raise PeerRejectedError(str(refusal)) from None
+            raise
+        if check is not None:
+            try:
+                conn = tls.get_extra_info("ssl_object")
+                if not isinstance(conn, ssl.SSLObject | ssl.SSLSocket):
+                    conn = tls.get_extra_info("socket")  # httpcore's sync stream: the SSLSocket
+                check(conn)
+            except MeshError as exc:
+                tls.close()
+                raise PeerRejectedError(str(exc)) from None
         return SyncDeadlineStream(tls)
 
     def get_extra_info(self, info: str) -> Any:
@@ -189,10 +213,22 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
 
 
 class EndpointSender:
-    """The native send: one httpcore request to the attempt's endpoint."""
+    """The native send: one httpcore request to the attempt's endpoint, in plaintext or over
+    the TLS that `OutboundTls` plans (mesh mTLS: the workload's current context for new
+    connections, the peer's SPIFFE ID checked right after the handshake)."""
 
-    def __init__(self, pool: httpcore.ConnectionPool) -> None:
+    def __init__(
+        self,
+        pool: httpcore.ConnectionPool,
+        tls: OutboundTls | None = None,
+        make_pool: Callable[[], httpcore.ConnectionPool] | None = None,
+    ) -> None:
         self._pool = pool
+        self._tls = tls
+        self._make_pool = make_pool
+        # one pool per TLS mode (httpcore takes its context when it opens a connection, so
+        # setting the current one before each request makes rotation reach new connections)
+        self._tls_pools: dict[str, httpcore.ConnectionPool] = {}
 
     def send(self, call: Call) -> httpcore.Response:
         """Send `call` to `call.endpoint` under the attempt's deadline."""
@@ -201,22 +237,59 @@ class EndpointSender:
         # What goes upstream is `call.send_target` / `call.send_headers` (None: the request's
         # own headers): the route tier puts VirtualService rewrites and header operations there.
         headers = call.send_headers if call.send_headers is not None else request.headers.raw
+        plan = self._tls.plan(call.cluster.spec, ep.spec) if self._tls is not None else None
+        pool = self._pool
+        scheme = b"http"
+        extensions = request.extensions
+        if plan is not None:
+            pool = self._pool_for(plan.mode)
+            pool._ssl_context = plan.context  # used for the connections it opens from now on
+            scheme = b"https"
+            if plan.server_hostname:
+                extensions = {**extensions, "sni_hostname": plan.server_hostname}
         core = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(
-                scheme=b"http", host=ep.address, port=ep.port, target=call.send_target
-            ),
+            url=httpcore.URL(scheme=scheme, host=ep.address, port=ep.port, target=call.send_target),
             headers=headers,
             content=request.stream,
-            extensions=request.extensions,
+            extensions=extensions,
         )
         token = DEADLINE.set(call.attempt_deadline)
+        check = PEER_CHECK.set(plan.check if plan is not None else None)
         try:
-            response = self._pool.handle_request(core)
+            response = pool.handle_request(core)
         finally:
+            PEER_CHECK.reset(check)
             DEADLINE.reset(token)
         response.stream = SyncMeshResponseStream(response.stream, call, ep)
         return response
+
+    def _pool_for(self, mode: str) -> httpcore.ConnectionPool:
+        pool = self._tls_pools.get(mode)
+        if pool is None:
+            assert self._make_pool is not None
+            pool = self._tls_pools[mode] = self._make_pool()
+        return pool
+
+    def close(self) -> None:
+        """Close the TLS pools (the plaintext pool belongs to the transport)."""
+        for pool in self._tls_pools.values():
+            pool.close()
+
+
+class SyncTlsDispatch:
+    """Sends plaintext attempts through `plain` and TLS attempts through `tls`."""
+
+    def __init__(self, plain: SyncSender, tls: EndpointSender, plans: OutboundTls) -> None:
+        self._plain = plain
+        self._tls = tls
+        self._plans = plans
+
+    def send(self, call: Call) -> Any:
+        """Send one attempt by the sender its TLS plan needs."""
+        if self._plans.plan(call.cluster.spec, call.endpoint.spec) is None:
+            return self._plain.send(call)
+        return self._tls.send(call)
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -240,16 +313,23 @@ class MeshTransport(httpx.BaseTransport):
         self._lean = sync_lean_pool(pool, limits)
         self._pool: httpcore.ConnectionPool | None = None
         self._sender: SyncSender
-        if self._lean is not None:
-            self._sender = self._lean
-        else:
-            self._pool = httpcore.ConnectionPool(
+
+        def make_pool() -> httpcore.ConnectionPool:
+            return httpcore.ConnectionPool(
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections,
                 keepalive_expiry=limits.keepalive_expiry,
                 network_backend=SyncDeadlineBackend(),
             )
-            self._sender = EndpointSender(self._pool)
+
+        self._pool = make_pool()
+        self._tls_sender = EndpointSender(self._pool, mesh.outbound_tls, make_pool)
+        if self._lean is not None:
+            # the lean pool speaks plaintext HTTP/1.1; an attempt that needs TLS (mesh mTLS, a
+            # DestinationRule `tls`) goes through httpcore's pool — never in plaintext
+            self._sender = SyncTlsDispatch(self._lean, self._tls_sender, mesh.outbound_tls)
+        else:
+            self._sender = self._tls_sender
         self._passthrough = passthrough or httpx.HTTPTransport(limits=limits)
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
@@ -321,6 +401,7 @@ class MeshTransport(httpx.BaseTransport):
             self._lean.close()
         if self._pool is not None:
             self._pool.close()
+        self._tls_sender.close()
         self._passthrough.close()
 
     def __repr__(self) -> str:

@@ -362,6 +362,23 @@ class RetryBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTLSSettings:
+    """`trafficPolicy.tls`: how a client speaks TLS to the destination.
+
+    ISTIO_MUTUAL: the mesh's own mTLS (the workload's SVID; the server's SPIFFE ID checked);
+    MUTUAL / SIMPLE: TLS to a destination outside the mesh with the given files; DISABLE:
+    plaintext. Paths are files on this machine (Kubernetes secrets mean nothing here)."""
+
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    sni: str = ""
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PortTrafficPolicy:
     """`trafficPolicy.portLevelSettings[]`: replaces the policy's loadBalancer, connectionPool
     and outlierDetection for one port — wholesale, unset ones fall back to defaults (Istio)."""
@@ -370,6 +387,7 @@ class PortTrafficPolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +399,7 @@ class TrafficPolicy:
     connection_pool: ConnectionPoolSettings | None = None
     retry_budget: RetryBudget | None = None
     port_level_settings: tuple[PortTrafficPolicy, ...] = ()
+    tls: ClientTLSSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,7 +331,7 @@ MESSAGES["TrafficPolicy"] = {
     "loadBalancer": sup(Message("LoadBalancerSettings")),
     "outlierDetection": sup(Message("OutlierDetection")),
     "connectionPool": sup(Message("DestinationConnectionPool")),
-    "tls": ny("client TLS settings"),
+    "tls": sup(Message("ClientTLSSettings")),
     "portLevelSettings": sup(ListOf(Message("PortTrafficPolicy"))),
     "tunnel": ny("tunnel settings"),
     "proxyProtocol": ny("the PROXY protocol"),
@@ -342,7 +342,18 @@ MESSAGES["PortTrafficPolicy"] = {
     "loadBalancer": sup(Message("LoadBalancerSettings")),
     "connectionPool": sup(Message("DestinationConnectionPool")),
     "outlierDetection": sup(Message("OutlierDetection")),
-    "tls": ny("client TLS settings"),
+    "tls": sup(Message("ClientTLSSettings")),
+}
+MESSAGES["ClientTLSSettings"] = {
+    "mode": sup(EnumT(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"))),
+    "clientCertificate": sup(STRING),
+    "privateKey": sup(STRING),
+    "caCertificates": sup(STRING),
+    "credentialName": ny("Kubernetes secrets as TLS credentials (use the file fields)"),
+    "subjectAltNames": sup(STRINGS),
+    "sni": sup(STRING),
+    "insecureSkipVerify": sup(BOOL),
+    "caCrl": ny("certificate revocation lists"),
 }
 MESSAGES["RetryBudget"] = {
     "percent": sup(DOUBLE, check="percent_double"),

@@ -1708,7 +1708,26 @@ def _post_sidecar(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx)
             ctx.error("PM0007", lpath, "an egress listener needs at least one host")
 
 
+def _post_client_tls(out: dict[str, Any], raw: dict[Any, Any], path: str, ctx: Ctx) -> None:
+    mode = out.get("mode", "DISABLE")
+    if mode == "MUTUAL" and not (out.get("clientCertificate") and out.get("privateKey")):
+        ctx.error(
+            "PM0007", path, "tls mode MUTUAL needs clientCertificate and privateKey (file paths)"
+        )
+    if mode in ("DISABLE", "ISTIO_MUTUAL"):
+        for key in ("clientCertificate", "privateKey", "caCertificates", "sni"):
+            if out.get(key):
+                ctx.error(
+                    "PM0006",
+                    join_path(path, key),
+                    f"{key} means nothing with tls mode {mode} (the mesh's own identity is used)"
+                    if mode == "ISTIO_MUTUAL"
+                    else f"{key} means nothing with tls mode DISABLE",
+                )
+
+
 POST: dict[str, PostFn] = {
+    "ClientTLSSettings": _post_client_tls,
     "StringMatch": _string_match(False),
     "PresenceStringMatch": _string_match(True),
     "HTTPMatchRequest": _post_http_match,
@@ -2064,6 +2083,20 @@ def _pool_model(d: dict[str, Any] | None) -> m.ConnectionPoolSettings | None:
     )
 
 
+def _tls_model(d: dict[str, Any] | None) -> m.ClientTLSSettings | None:
+    if d is None:
+        return None
+    return m.ClientTLSSettings(
+        mode=d.get("mode", "DISABLE"),
+        client_certificate=d.get("clientCertificate", ""),
+        private_key=d.get("privateKey", ""),
+        ca_certificates=d.get("caCertificates", ""),
+        subject_alt_names=tuple(d.get("subjectAltNames") or ()),
+        sni=d.get("sni", ""),
+        insecure_skip_verify=bool(d.get("insecureSkipVerify", False)),
+    )
+
+
 def _policy_model(d: dict[str, Any] | None) -> m.TrafficPolicy | None:
     if d is None:
         return None
@@ -2073,6 +2106,7 @@ def _policy_model(d: dict[str, Any] | None) -> m.TrafficPolicy | None:
         load_balancer=_lb_model(d.get("loadBalancer")),
         outlier_detection=_outlier_model(od) if od is not None else None,
         connection_pool=_pool_model(d.get("connectionPool")),
+        tls=_tls_model(d.get("tls")),
         retry_budget=(
             m.RetryBudget(
                 percent=rb.get("percent", 20.0),
@@ -2089,6 +2123,7 @@ def _policy_model(d: dict[str, Any] | None) -> m.TrafficPolicy | None:
                 outlier_detection=(
                     _outlier_model(p["outlierDetection"]) if "outlierDetection" in p else None
                 ),
+                tls=_tls_model(p.get("tls")),
             )
             for p in d.get("portLevelSettings") or []
         ),

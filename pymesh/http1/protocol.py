@@ -627,6 +627,7 @@ class Http1Connection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_exception(self._head_error(exc))
+                waiter.exception()  # retrieved: nobody awaits it when the write failed first
             return
         body = self._body
         if body is not None:

@@ -242,10 +242,10 @@ def test_locality_connection_pool_budget_and_port_level_model() -> None:
             '"port"',
         ),
         (
-            "portLevelSettings: [{port: {number: 9080}, tls: {mode: SIMPLE}}]",
-            "PM0003",
+            "portLevelSettings: [{port: {number: 9080}, tls: {mode: MUTUAL}}]",
+            "PM0007",
             "portLevelSettings[0].tls",
-            "client TLS",
+            "MUTUAL needs clientCertificate",
         ),
     ],
 )

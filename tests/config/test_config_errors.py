@@ -154,11 +154,11 @@ CASES: list[tuple[str, str, str, str, str, str]] = [
         "does not support yet (HTTP/2 upstream connections)",
     ),
     (
-        "not-yet-tls-settings",
-        DR_HEAD + "  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL} #!\n",
+        "not-yet-tls-credential-name",
+        DR_HEAD + "  trafficPolicy:\n    tls: {mode: SIMPLE, credentialName: x} #!\n",
         "PM0003",
         DR,
-        "spec.trafficPolicy.tls",
+        "spec.trafficPolicy.tls.credentialName",
         "does not support yet",
     ),
     (
