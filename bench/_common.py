@@ -46,7 +46,8 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_extra};
+        {server_extra}
         location / {{ return 200 "ok"; }}
     }}
 }}
@@ -101,14 +102,19 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
 
 
 @contextlib.contextmanager
-def nginx() -> Iterator[int]:
+def nginx(listen_extra: str = "", server_extra: str = "") -> Iterator[int]:
     """Run nginx (`return 200 "ok"`, one worker, keep-alive) on a free loopback port, pinned to
-    SERVER_CPU; yield the port; stop it (and its worker) on exit."""
+    SERVER_CPU; yield the port; stop it (and its worker) on exit. `listen_extra` / `server_extra`
+    add to the `listen` line and the `server` block (TLS: " ssl" and the ssl_* directives)."""
     binary = find_nginx()
     with tempfile.TemporaryDirectory(prefix="pymesh-bench-nginx-") as tmp:
         port = _free_port()
         conf = Path(tmp) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=tmp, port=port))
+        conf.write_text(
+            NGINX_CONF.format(
+                dir=tmp, port=port, listen_extra=listen_extra, server_extra=server_extra
+            )
+        )
         log = Path(tmp) / "error.log"
         cmd = [binary, "-p", tmp, "-e", str(log), "-c", str(conf)]
         if pinning_available():

@@ -329,7 +329,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             self._sender = AsyncTlsDispatch(self._lean, self._tls_sender, mesh.outbound_tls)
         else:
             self._sender = self._tls_sender
-        self._passthrough = passthrough or httpx.AsyncHTTPTransport(limits=limits)
+        # made on first use: httpx's transport loads the system CA bundle (~20 ms) even for
+        # clients that only ever call mesh services
+        self._passthrough = passthrough
+        self._limits = limits
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
 
@@ -356,7 +359,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             # REGISTRY_ONLY, passed through to the network under ALLOW_ANY (the default)
             if egress is not None and egress.registry_only:
                 raise to_httpx(egress_denied(snapshot, url.host, host, port), request)
-            return await self._passthrough.handle_async_request(request)
+            passthrough = self._passthrough
+            if passthrough is None:
+                passthrough = self._passthrough = httpx.AsyncHTTPTransport(limits=self._limits)
+            return await passthrough.handle_async_request(request)
         call = Call(
             direction="outbound",
             protocol="http",
@@ -401,7 +407,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if self._pool is not None:
             await self._pool.aclose()
         await self._tls_sender.aclose()
-        await self._passthrough.aclose()
+        if self._passthrough is not None:
+            await self._passthrough.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mesh={self._mesh!r})"

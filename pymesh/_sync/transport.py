@@ -330,7 +330,10 @@ class MeshTransport(httpx.BaseTransport):
             self._sender = SyncTlsDispatch(self._lean, self._tls_sender, mesh.outbound_tls)
         else:
             self._sender = self._tls_sender
-        self._passthrough = passthrough or httpx.HTTPTransport(limits=limits)
+        # made on first use: httpx's transport loads the system CA bundle (~20 ms) even for
+        # clients that only ever call mesh services
+        self._passthrough = passthrough
+        self._limits = limits
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
 
@@ -357,7 +360,10 @@ class MeshTransport(httpx.BaseTransport):
             # REGISTRY_ONLY, passed through to the network under ALLOW_ANY (the default)
             if egress is not None and egress.registry_only:
                 raise to_httpx(egress_denied(snapshot, url.host, host, port), request)
-            return self._passthrough.handle_request(request)
+            passthrough = self._passthrough
+            if passthrough is None:
+                passthrough = self._passthrough = httpx.HTTPTransport(limits=self._limits)
+            return passthrough.handle_request(request)
         call = Call(
             direction="outbound",
             protocol="http",
@@ -402,7 +408,8 @@ class MeshTransport(httpx.BaseTransport):
         if self._pool is not None:
             self._pool.close()
         self._tls_sender.close()
-        self._passthrough.close()
+        if self._passthrough is not None:
+            self._passthrough.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mesh={self._mesh!r})"
