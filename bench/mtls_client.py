@@ -174,8 +174,8 @@ def _report(
         "",
         f"Method: {args.rounds} rounds × {args.requests} sequential requests per client, "
         "alternating order, median of per-round ratios; then "
-        f"{args.handshakes} requests each with `Connection: close` (a full handshake each). Server: "
-        "nginx terminating mTLS (`ssl_verify_client on`) with an SVID from the same CA; "
+        f"{args.handshakes} requests each with `Connection: close` (a full handshake each). "
+        "Server: nginx terminating mTLS (`ssl_verify_client on`) with an SVID from the same CA; "
         f"{pinning}. Sessions are not resumed by either client: neither httpcore nor asyncio "
         "lets a client offer a saved session, so pymesh keeps connections alive instead.",
         "",
