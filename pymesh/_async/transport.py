@@ -30,9 +30,9 @@ from pymesh._async.stack import AsyncSender, RouterFilter, build_client_stack, e
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
 from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, async_lean_pool
 from pymesh._tls import OutboundTls
-from pymesh.identity import refusal_from_ssl_error
 from pymesh.call import Call, Decision
 from pymesh.errors import CallError, MeshError
+from pymesh.identity import refusal_from_ssl_error
 from pymesh.policy.header_ops import apply_header_ops
 from pymesh.policy.local import LocalReply
 from pymesh.runtime import EndpointState
