@@ -18,10 +18,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
+from pymesh.telemetry.context import CURRENT, collect
+from pymesh.telemetry.hub import attach_span, detach_span, refusal_flag
 from pymesh.xfcc import MAC_HEADER, XFCC_HEADER, XfccError, XfccSigner, peer_uri
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
+    from pymesh.telemetry.hub import MeshTelemetry
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -130,6 +133,10 @@ class MeshMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        tel = self.mesh.telemetry if self.mesh is not None else None
+        if tel is not None and kind == "http":
+            await self._recorded(tel, scope, receive, send)
+            return
         request = inbound_request(scope, self.xfcc_signer)
         verdict = self.policy().check(request)
         if not verdict.served:
@@ -155,6 +162,83 @@ class MeshMiddleware:
         extensions["pymesh"] = {"peer": verdict.peer}
         inner["extensions"] = extensions
         await self.app(inner, receive, send)
+
+    async def _recorded(
+        self, tel: MeshTelemetry, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """`__call__` with telemetry on: the request's trace context and deadline are current
+        while the app runs (outbound meshed calls continue them), status and body bytes are
+        read off `send`, and a refusal is recorded with its flag and reason."""
+        request = inbound_request(scope, self.xfcc_signer)
+        got = collect(request.headers)
+        target = request.target.partition(b"?")[0].decode("latin-1")
+        authority = ""
+        for name, value in request.headers:
+            if name == b"host":
+                authority = value.decode("latin-1")
+                break
+        rec = tel.inbound(request.method, authority, target, got)
+        rec.mtls = request.transport == "mtls"
+        if got is not None:
+            rec.request_id = got.get("x-request-id")
+        verdict = self.policy().check(request)
+        rec.peer = verdict.peer if verdict.served else request.peer
+        if not verdict.served:
+            log.info(
+                "refused %s %s from %s: %s (%d)",
+                request.method,
+                target,
+                request.peer or request.source_ip,
+                verdict.reason,
+                verdict.status,
+            )
+            rec.status = verdict.status
+            rec.flags = refusal_flag(verdict)
+            rec.reason = verdict.reason
+            rec.bytes_out = len(verdict.body)
+            try:
+                await _reply(send, verdict)
+            finally:
+                tel.finish(rec)
+            return
+        assert verdict.path is not None and verdict.headers is not None
+        inner = dict(scope)
+        inner["path"] = verdict.path.asgi_path()
+        inner["raw_path"] = verdict.path.raw_path
+        inner["headers"] = verdict.headers.items
+        extensions = dict(scope.get("extensions") or {})
+        extensions["pymesh"] = {"peer": verdict.peer}
+        inner["extensions"] = extensions
+
+        async def counting_receive() -> MutableMapping[str, Any]:
+            msg = await receive()
+            body = msg.get("body")
+            if body:
+                rec.bytes_in += len(body)
+            return msg
+
+        async def recording_send(msg: MutableMapping[str, Any]) -> None:
+            kind = msg["type"]
+            if kind == "http.response.start":
+                rec.status = msg["status"]
+            elif kind == "http.response.body":
+                rec.bytes_out += len(msg.get("body", b""))
+            await send(msg)
+
+        ctx = rec.trace
+        token = CURRENT.set(ctx)
+        attached = attach_span(ctx)
+        try:
+            await self.app(inner, counting_receive, recording_send)
+        except BaseException as exc:
+            if rec.status is None:
+                rec.status = 500
+                rec.reason = f"the app raised {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            detach_span(attached)
+            CURRENT.reset(token)
+            tel.finish(rec)
 
     def __repr__(self) -> str:
         return f"MeshMiddleware({self.app!r})"

@@ -12,16 +12,19 @@ comes from `X-Forwarded-Client-Cert` set by `pymesh-proxy`, trusted only with a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pymesh.asgi import peer_from_xfcc
 from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
+from pymesh.telemetry.context import CURRENT, collect
+from pymesh.telemetry.hub import CallRecord, attach_span, detach_span, refusal_flag
 from pymesh.xfcc import XfccSigner
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
+    from pymesh.telemetry.hub import MeshTelemetry
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -136,6 +139,9 @@ class MeshMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one WSGI request."""
+        tel = self.mesh.telemetry if self.mesh is not None else None
+        if tel is not None:
+            return self._recorded(tel, environ, start_response)
         request = inbound_request(environ, self.xfcc_signer, self.unix_socket)
         verdict = self.policy().check(request)
         if not verdict.served:
@@ -154,8 +160,111 @@ class MeshMiddleware:
             return [verdict.body]
         return self.app(served_environ(environ, verdict), start_response)
 
+    def _recorded(
+        self, tel: MeshTelemetry, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """`__call__` with telemetry on: the trace context and deadline are current while the
+        app runs (meshed clients called from the app, in this thread, continue them; hand work
+        to other threads through `pymesh.telemetry.wrap_executor`); the record is finished when
+        the server closes the response iterable."""
+        request = inbound_request(environ, self.xfcc_signer, self.unix_socket)
+        got = collect(request.headers)
+        rec = tel.inbound(
+            request.method,
+            str(environ.get("HTTP_HOST", "")),
+            request.target.partition(b"?")[0].decode("latin-1"),
+            got,
+        )
+        rec.mtls = request.transport == "mtls"
+        if got is not None:
+            rec.request_id = got.get("x-request-id")
+        length = environ.get("CONTENT_LENGTH")
+        if length and str(length).isdigit():
+            rec.bytes_in = int(length)
+        verdict = self.policy().check(request)
+        rec.peer = verdict.peer if verdict.served else request.peer
+        if not verdict.served:
+            rec.flags = refusal_flag(verdict)
+            rec.reason = verdict.reason
+            rec.bytes_out = len(verdict.body)
+            try:
+                body = self._refuse(environ, start_response, request, verdict)
+            finally:
+                rec.status = verdict.status
+                tel.finish(rec)
+            return body
+
+        def recording_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
+            rec.status = int(status[:3])
+            return start_response(status, headers, *exc_info)
+
+        ctx = rec.trace
+        token = CURRENT.set(ctx)
+        attached = attach_span(ctx)
+        try:
+            result = self.app(served_environ(environ, verdict), recording_start_response)
+        except BaseException as exc:
+            if rec.status is None:
+                rec.status = 500
+                rec.reason = f"the app raised {type(exc).__name__}: {exc}"
+            tel.finish(rec)
+            raise
+        finally:
+            detach_span(attached)
+            CURRENT.reset(token)
+        return _RecordedBody(result, rec, tel)
+
+    def _refuse(
+        self,
+        environ: Environ,
+        start_response: StartResponse,
+        request: InboundRequest,
+        verdict: InboundVerdict,
+    ) -> list[bytes]:
+        log.info(
+            "refused %s %s from %s: %s (%d)",
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("PATH_INFO", ""),
+            request.peer or request.source_ip,
+            verdict.reason,
+            verdict.status,
+        )
+        reply = [("Content-Type", "text/plain"), ("Content-Length", str(len(verdict.body)))]
+        if verdict.location:
+            reply.append(("Location", verdict.location))
+        start_response(f"{verdict.status} {_REASONS.get(verdict.status or 0, '')}", reply)
+        return [verdict.body]
+
     def __repr__(self) -> str:
         return f"MeshMiddleware({self.app!r})"
+
+
+class _RecordedBody:
+    """The app's response iterable, counting bytes; the record finishes on `close()`."""
+
+    def __init__(self, body: Iterable[bytes], rec: CallRecord, tel: MeshTelemetry) -> None:
+        self._body = body
+        self._rec: CallRecord | None = rec
+        self._tel = tel
+
+    def __iter__(self) -> Iterator[bytes]:
+        rec = self._rec
+        for chunk in self._body:
+            if rec is not None:
+                rec.bytes_out += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        """Close the app's iterable (PEP 3333) and finish the record."""
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            rec = self._rec
+            if rec is not None:
+                self._rec = None
+                self._tel.finish(rec)
 
 
 _REASONS = {400: "Bad Request", 403: "Forbidden", 307: "Temporary Redirect"}

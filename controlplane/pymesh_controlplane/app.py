@@ -39,6 +39,7 @@ from pymesh_controlplane.resources import (
     resolve_kind,
 )
 from pymesh_controlplane.store import StoreError
+from pymesh_controlplane.tls import svid_principal
 
 if TYPE_CHECKING:
     from pymesh_controlplane.server import ControlPlane
@@ -328,12 +329,17 @@ async def _principal(
     request: Request,
     _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    p = authenticate(_cp(request).authenticators, request.headers.get("authorization"))
+    cp = _cp(request)
+    p = authenticate(cp.authenticators, request.headers.get("authorization"))
+    if p is None:
+        # a workload's SVID, presented as the TLS client certificate (HTTPS only)
+        p = svid_principal(request.scope, cp.settings.trust_domain)
     if p is None:
         raise ApiError(
             401,
             "unauthorized",
-            "a bearer token is required (Authorization: Bearer <admin token>)",
+            "a valid bearer token (the admin token or an unexpired, unrevoked join token) or a "
+            "workload certificate is required",
             {"WWW-Authenticate": "Bearer"},
         )
     return p
@@ -445,7 +451,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             "revision": cp.hub.state.revision,
             "trustDomain": cp.settings.trust_domain,
             "caHash": cp.ca_hash,
-            "tls": False,
+            "tls": cp.settings.tls,
         }
 
     @app.get("/v1/trust-bundle", tags=["identity"], summary="The CA roots")
@@ -862,8 +868,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
     ) -> Response:
         """Record that the agent now holds (`error` null) or refused a snapshot."""
         st = cp.agents.get(agent)
-        if st is not None and st.workload:
+        if st is not None and st.workload and st.workload in cp.hub.state.workloads:
             check_workload(p, st.workload)
+        elif st is not None and not p.is_admin and st.namespace and st.namespace != p.namespace:
+            # its workload is gone (deregistered, lease expired): the namespace still binds it
+            raise ApiError(403, "forbidden", f"not allowed to act for agent {agent}")
         cp.agents.ack(agent, body.revision, body.digest, body.error)
         cp.metrics.acks.labels("ack" if body.error is None else "nack").inc()
         return Response(status_code=204)

@@ -1,17 +1,20 @@
-"""Who is calling: the admin token, join tokens; SVIDs over mTLS plug in here with HTTPS.
+"""Who is calling: the admin token, join tokens, or a workload's SVID over mTLS.
 
 How this works: every call but `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
-`/v1/version` and `/v1/trust-bundle` carries `Authorization: Bearer <token>`. Each
-`Authenticator` turns a token into a `Principal` or says it does not know it; the first that
-knows it wins.
+`/v1/version` and `/v1/trust-bundle` carries `Authorization: Bearer <token>` (or, over HTTPS, a
+workload certificate; below). Each `Authenticator` turns a token into a `Principal` or says it
+does not know it; the first that knows it wins.
 
 - `AdminTokenAuthenticator`: the admin token, created at the first start (32 random bytes,
   URL-safe base64), written 0600 to `<data-dir>/admin-token`, printed once. Only its SHA-256 is
   kept in memory; tokens compare in constant time.
 - `JoinTokenAuthenticator` (`tokens.py`): a join token is a `Principal` bound to one namespace
-  and service account. An authenticator for SVIDs presented over mTLS (renewals) comes with
-  HTTPS. A workload principal may get an SVID, register, heartbeat, watch and ACK only for its
-  own namespace and service account.
+  and service account. A workload principal may get an SVID, register, heartbeat, watch and
+  ACK only for its own namespace and service account.
+- Without a bearer token that authenticates, a workload's SVID presented as the TLS client
+  certificate (HTTPS) is the same workload principal (`tls.svid_principal`): after bootstrap,
+  agents renew, register, heartbeat and watch with it, so a join token only has to live long
+  enough for the first certificate.
 """
 
 from __future__ import annotations

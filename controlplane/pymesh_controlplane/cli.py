@@ -31,8 +31,22 @@ def serve_command(
         Path, typer.Option("--data-dir", help="Where the store and the admin token live.")
     ] = Path(".pymesh"),
     listen: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT (loopback only; port 0 picks one).")
+        str, typer.Option("--listen", help="HOST:PORT (port 0 picks one).")
     ] = "127.0.0.1:15012",
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="Serve plain HTTP instead of HTTPS (loopback addresses only; for tests).",
+        ),
+    ] = False,
+    tls_san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-san",
+            help="Another DNS name or IP for the server certificate (repeatable).",
+        ),
+    ] = None,
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", help="SPIFFE trust domain.")
     ] = "cluster.local",
@@ -70,7 +84,7 @@ def serve_command(
     from pymesh_controlplane.server import ListenError, Settings, parse_listen, serve
 
     try:
-        host, port = parse_listen(listen)
+        host, port = parse_listen(listen, tls=not insecure_http)
     except ListenError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -85,6 +99,8 @@ def serve_command(
         debounce=debounce,
         ping_interval=ping_interval,
         max_body=max_body,
+        tls=not insecure_http,
+        tls_names=tuple(tls_san or ()),
     )
     asyncio.run(serve(settings, port_file=port_file, log_level=log_level))
 

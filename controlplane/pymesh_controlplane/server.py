@@ -9,8 +9,10 @@ not wait for them.
 
 The CA (`pymesh.identity.CertificateAuthority`) is loaded from `--cacerts` (Istio's plug-in
 layout) or kept in `<data-dir>/ca` (generated at the first start, key 0600); it signs workload
-CSRs for the identity of their join token. HTTPS with a server certificate from that CA is not
-wired in yet: until it is, the control plane speaks plain HTTP and only on loopback addresses.
+CSRs for the identity of their join token, and the control plane's own HTTPS certificate
+(`tls.py`: a new key and certificate at every start; workloads may present their SVID as a
+client certificate). Its roots are written to `<data-dir>/ca.pem` for clients. Plain HTTP
+(`Settings.tls=False`, `--insecure-http`) is allowed on loopback addresses only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI
 
 from pymesh.identity import CertificateAuthority
+from pymesh.server.protocol import MeshHttpToolsProtocol, PeerVerifier, protocol_class
 from pymesh_controlplane.agents import AgentTable
 from pymesh_controlplane.app import BodyLimitMiddleware, create_app
 from pymesh_controlplane.auth import (
@@ -48,12 +51,14 @@ from pymesh_controlplane.metrics import Metrics
 from pymesh_controlplane.registry import Registry
 from pymesh_controlplane.resources import ResourceService
 from pymesh_controlplane.store import SqliteStore, Store
+from pymesh_controlplane.tls import root_pem, server_context, svid_verifier
 from pymesh_controlplane.tokens import JoinTokenAuthenticator, JoinTokens, TokenRecord
 
 __all__ = ["ControlPlane", "ListenError", "Settings", "parse_listen", "serve"]
 
 STORE_FILE = "store.db"
 CA_DIR = "ca"
+CA_FILE = "ca.pem"  # the CA roots, for clients (curl --cacert, pymeshctl --ca-cert)
 
 
 class ListenError(ValueError):
@@ -79,11 +84,14 @@ class Settings:
     cacerts: Path | None = None
     csr_rate: float = 5.0
     csr_burst: int = 20
+    tls: bool = True
+    tls_names: tuple[str, ...] = ()
     extra_authenticators: Sequence[Authenticator] = field(default_factory=tuple)
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:PORT` for IPv6) → (host, port); plain HTTP needs a loopback host."""
+def parse_listen(value: str, *, tls: bool = True) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) → (host, port); plain HTTP (`tls=False`) needs a
+    loopback host."""
     host, sep, port_s = value.rpartition(":")
     if not sep or not port_s.isdigit() or not host:
         raise ListenError(f"--listen wants HOST:PORT, got {value!r}")
@@ -96,10 +104,10 @@ def parse_listen(value: str) -> tuple[str, int]:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             raise ListenError(f"--listen wants an IP address or localhost, got {host!r}") from None
-        if not loopback:
+        if not loopback and not tls:
             raise ListenError(
-                f"{host} is not a loopback address: until the control plane serves HTTPS with a "
-                "certificate from its CA it listens on loopback only (127.0.0.1, ::1)"
+                f"{host} is not a loopback address: with --insecure-http the control plane "
+                "listens on loopback only (127.0.0.1, ::1); drop --insecure-http to serve HTTPS"
             )
     return host, port
 
@@ -211,6 +219,7 @@ class ControlPlane:
                 history_revisions=s.history_revisions,
                 durable=s.durable,
             )
+        _write_atomically(s.data_dir / CA_FILE, root_pem(self._ca))
         self._tokens = JoinTokens(self._store, self.ca_hash)
         self._resources = ResourceService(self._store, default_namespace=s.default_namespace)
         self._registry = Registry(self._store, self.agents, ttl=s.lease_ttl, heartbeat=s.heartbeat)
@@ -269,9 +278,28 @@ class _Server(uvicorn.Server):
                 signal.signal(s, handler)
 
 
+def _tls_protocol(verify: PeerVerifier) -> type[MeshHttpToolsProtocol]:
+    """pymesh's uvicorn protocol (the client's SVID in the scope), whose graceful shutdown
+    drops an idle TLS connection at once: closing it would wait for the peer's close_notify,
+    which an idle pooled client never sends, and hold the stop for the whole grace period."""
+    base = protocol_class(verify)
+
+    class Protocol(base):  # type: ignore[misc,valid-type]
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
+
+    return Protocol
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP (not 0): accepted sockets inherit it, and asyncio sets TCP_NODELAY only
+    # on sockets whose proto says TCP — without it every keep-alive request waits ~40 ms for
+    # a delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
@@ -296,6 +324,15 @@ async def serve(
     cp = ControlPlane(settings)
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
+    tls: dict[str, Any] = {}
+    if settings.tls:
+        # the CA is needed before the lifespan runs: load it (idempotent) to make the certificate
+        await cp.start()
+        ctx = server_context(cp.ca, settings.host, settings.tls_names)
+        tls = {
+            "ssl_context_factory": lambda _config, _default: ctx,
+            "http": _tls_protocol(svid_verifier(cp.ca)),
+        }
     config = uvicorn.Config(
         cp.app,
         lifespan="on",
@@ -303,6 +340,7 @@ async def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+        **tls,
     )
     server = _Server(config, cp)
     server.loop = asyncio.get_running_loop()
@@ -311,11 +349,18 @@ async def serve(
         await asyncio.sleep(0.01)
     if server.started:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        url = f"http://{host}:{port}"
         if cp.admin_token_created:
             token_file = settings.data_dir / ADMIN_TOKEN_FILE
             out(f"admin token (shown once; kept 0600 in {token_file}): {cp.admin_token}")
-        out(f"pymesh-controlplane listening on {url} (plain HTTP, loopback only)")
+        if settings.tls:
+            out(
+                f"pymesh-controlplane listening on https://{host}:{port} "
+                f"(CA: {settings.data_dir / CA_FILE}, sha256 {cp.ca_hash})"
+            )
+        else:
+            out(
+                f"pymesh-controlplane listening on http://{host}:{port} (plain HTTP, loopback only)"
+            )
         sys.stdout.flush()
         if port_file is not None:
             _write_atomically(port_file, f"{port}\n")
@@ -323,3 +368,4 @@ async def serve(
         await task
     finally:
         sock.close()
+        await cp.stop()  # idempotent: the lifespan normally did it

@@ -30,12 +30,13 @@ from pymesh._async.stack import AsyncSender, RouterFilter, build_client_stack, e
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
 from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, async_lean_pool
 from pymesh._tls import OutboundTls
-from pymesh.call import Call, Decision
+from pymesh.call import Call, Decision, Outcome
 from pymesh.errors import CallError, MeshError
 from pymesh.identity import refusal_from_ssl_error
 from pymesh.policy.header_ops import apply_header_ops
 from pymesh.policy.local import LocalReply
 from pymesh.runtime import EndpointState
+from pymesh.telemetry.hub import CallRecord, MeshTelemetry
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
@@ -211,6 +212,35 @@ class AsyncMeshResponseStream(httpx.AsyncByteStream):
             await close()
 
 
+class AsyncRecordedStream(httpx.AsyncByteStream):
+    """A meshed response body with telemetry on: counts the bytes read and finishes the
+    call's record when closed (once)."""
+
+    def __init__(self, stream: Any, rec: CallRecord, tel: MeshTelemetry) -> None:
+        self._stream = stream
+        self._rec: CallRecord | None = rec
+        self._tel = tel
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        rec = self._rec
+        async for chunk in self._stream:
+            if rec is not None:
+                rec.bytes_out += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the body and finish the record."""
+        try:
+            close = getattr(self._stream, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            rec = self._rec
+            if rec is not None:
+                self._rec = None
+                self._tel.finish(rec)
+
+
 class AsyncEndpointSender:
     """The native send: one httpcore request to the attempt's endpoint, in plaintext or over
     the TLS that `OutboundTls` plans (mesh mTLS: the workload's current context for new
@@ -363,6 +393,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             if passthrough is None:
                 passthrough = self._passthrough = httpx.AsyncHTTPTransport(limits=self._limits)
             return await passthrough.handle_async_request(request)
+        tel = self._mesh.telemetry
+        if tel is not None:
+            return await self._recorded(tel, stack, request, host, port)
         call = Call(
             direction="outbound",
             protocol="http",
@@ -381,6 +414,68 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             outcome = await stack.handle(call)
         except CallError as exc:
             raise to_httpx(exc, request) from exc.__cause__
+        return self._response(call, outcome)
+
+    async def _recorded(
+        self,
+        tel: MeshTelemetry,
+        stack: RouterFilter,
+        request: httpx.Request,
+        host: str,
+        port: int,
+    ) -> httpx.Response:
+        """`handle_async_request` with telemetry on: the trace context, the remaining deadline
+        and the peer metadata go out as headers; the record is finished when the call fails,
+        or when the response body is closed (bytes counted as it is read)."""
+        url = request.url
+        headers = request.headers
+        authority = headers.get("host", "")
+        rec = tel.outbound(request.method, authority, url.path)
+        tel.outbound_headers(rec, headers.__setitem__)
+        rec.request_id = headers.get("x-request-id")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():
+            rec.bytes_in = int(length)
+        ctx = rec.trace
+        decision = rec.decision = Decision(stack.snapshot.version, host)
+        call = Call(
+            direction="outbound",
+            protocol="http",
+            scheme=url.scheme,
+            host=host,
+            port=port,
+            authority=authority,
+            method=request.method,
+            target=url.raw_path,
+            headers=headers,
+            native=request,
+            replayable=isinstance(request.stream, httpx.ByteStream),
+            decision=decision,
+            deadline=ctx.deadline if ctx is not None else _INF,
+        )
+        try:
+            outcome = await stack.handle(call)
+        except CallError as exc:
+            rec.endpoint = call.endpoint
+            tel.finish(rec)
+            raise to_httpx(exc, request) from exc.__cause__
+        except BaseException:
+            rec.endpoint = call.endpoint
+            rec.reason = "cancelled or failed in the client"
+            tel.finish(rec)
+            raise
+        rec.endpoint = outcome.endpoint or call.endpoint
+        response = self._response(call, outcome)
+        rec.status = response.status_code
+        if type(outcome.native) is LocalReply:
+            rec.bytes_out = len(outcome.native.body)
+            tel.finish(rec)
+            return response
+        response.stream = AsyncRecordedStream(response.stream, rec, tel)
+        return response
+
+    def _response(self, call: Call, outcome: Outcome) -> httpx.Response:
+        """The httpx response for a stack outcome (header operations applied)."""
         response = outcome.native
         ops = call.response_ops  # VirtualService `headers.response`, applied here
         if type(response) is LocalReply:  # redirect, directResponse, fault abort: no upstream

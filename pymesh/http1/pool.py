@@ -12,8 +12,9 @@ or waits. Connections come back to the idle list the moment their response ends;
 Limits per endpoint: the connection cap, idle connections kept, requests per connection, idle
 timeout and connect timeout come from the cluster's `connectionPool` (DestinationRule) when
 the call's cluster spec has one (`tcp.maxConnections`, `tcp.connectTimeout`,
-`http.maxRequestsPerConnection`, `http.idleTimeout`), else from the transport's
-`httpx.Limits` (`max_connections`, `max_keepalive_connections`, `keepalive_expiry`).
+`http.maxRequestsPerConnection`, `http.idleTimeout`, `tcp.maxConnectionDuration`), else from
+the transport's `httpx.Limits` (`max_connections`, `max_keepalive_connections`,
+`keepalive_expiry`). (The cluster-wide circuit breakers on the same fields are the stack's.)
 
 Deadlines: the attempt's absolute deadline (`call.attempt_deadline`) and httpx's per-operation
 timeouts (`request.extensions["timeout"]`: connect, read, write, pool) bound every wait; a
@@ -23,7 +24,8 @@ so `EndpointFilter` classifies them as it does httpcore's (connect-failure, rese
 `send(call)` is the mesh's sender: it builds the request head from the endpoint address, the
 raw target and httpx's header list, writes a buffered body in the same `write` as the head (a
 streamed one chunk by chunk, chunked when httpx framed it so), and wraps the response body in
-`AsyncMeshResponseStream` (deadline error mapping, in-flight count released on close).
+`MeshBody`, the transport's `AsyncMeshResponseStream` as a plain async iterator (deadline error
+mapping, the endpoint's in-flight count released on close).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = ["EndpointPool", "Http1Pool", "MeshBody", "PoolLimits"]
 
 _INF = float("inf")
 _monotonic = time.monotonic
+_running_loop = asyncio.get_running_loop
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
 _EMPTY_TIMEOUTS: dict[str, float | None] = {}
 
@@ -125,11 +128,19 @@ class EndpointPool:
     def take(self, now: float) -> Http1Connection | None:
         """The most recently used idle connection that is alive and fresh, or None."""
         idle = self.idle
-        timeout = self.limits.idle_timeout
+        limits = self.limits
+        timeout = limits.idle_timeout
         while idle:
             conn = idle.pop()
             conn.in_idle = False
-            if conn.alive and now - conn.idle_since < timeout:
+            if (
+                conn.alive
+                and now - conn.idle_since < timeout
+                and (
+                    not limits.max_connection_duration
+                    or now - conn.created < limits.max_connection_duration
+                )
+            ):
                 return conn
             conn.close()
         return None
@@ -359,19 +370,17 @@ class Http1Pool:
         deadline; the body stream is wrapped for the mesh."""
         ep = call.endpoint
         request: httpx.Request = call.native
-        cluster = call.cluster
-        settings = getattr(cluster.spec, "connection_pool", None) if cluster is not None else None
-        headers = getattr(call, "send_headers", None)  # rewritten by the route tier, or None
+        headers = call.send_headers  # the route tier's rewrites (None: the request's own)
         response = await self.request(
             ep.address,
             ep.port,
             request.method,
-            getattr(call, "send_target", call.target),
+            call.send_target,
             request.headers.raw if headers is None else headers,
             request,
             timeouts=request.extensions.get("timeout"),
             deadline=call.attempt_deadline,
-            settings=settings,
+            settings=call.cluster.spec.connection_pool,
         )
         response.stream = MeshBody(response.stream, call, ep)
         return response
@@ -425,7 +434,9 @@ class Http1Pool:
             raise httpcore.LocalProtocolError("invalid character in the request line or headers")
         if timeouts is None:
             timeouts = _EMPTY_TIMEOUTS
-        pool = self.endpoint(address, port, settings)
+        pool = self._pools.get((address, port))
+        if pool is None or pool.settings is not settings or _running_loop() is not self._loop:
+            pool = self.endpoint(address, port, settings)
         conn = pool.take(_monotonic())
         if conn is None:
             conn = await pool.acquire(timeouts.get("connect"), timeouts.get("pool"), deadline)

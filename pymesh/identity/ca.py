@@ -26,6 +26,7 @@ The CA is in-process and synchronous; the control plane puts the same object beh
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import os
 import stat
@@ -480,6 +481,56 @@ class CertificateAuthority:
             return self.sign(csr, identity=identity, ttl=ttl)
 
         return sign
+
+    def issue_server_certificate(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+        ttl: float = 365 * 24 * 3600.0,
+    ) -> tuple[x509.Certificate, ...]:
+        """A plain TLS server certificate (not an SVID: no SPIFFE ID) for the mesh's own
+        infrastructure — the control plane's HTTPS listener — with DNS and IP SANs, so stock
+        clients verify it by host name against this CA. Returns the chain (leaf first, then the
+        intermediates; never the root)."""
+        if not dns_names and not ip_addresses:
+            raise CertificateAuthorityError("a server certificate needs a DNS name or an IP")
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        now = self._clock()
+        not_after = min(now + ttl, self.certificate.not_valid_after_utc.timestamp())
+        common = dns_names[0] if dns_names else ip_addresses[0]
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_utc(now - self.backdate))
+            .not_valid_after(_utc(not_after))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self._aki, critical=False)
+            .sign(self._key, self._hash)  # type: ignore[arg-type]
+        )
+        return (leaf, *self.intermediates)
 
     def issue(
         self, identity: SpiffeId, *, ttl: float | None = None

@@ -93,9 +93,12 @@ class WorkloadIdentity:
     """A workload's SPIFFE identity: key, current SVID, trust bundle, TLS contexts, renewal.
 
     `WorkloadIdentity(spiffe_id, renew)` gets the first SVID at once (raising `RenewalError` if
-    it cannot); `start()` keeps it fresh in the background. `client_context()` is the context
-    for a new outbound connection; `server_context()` is given to a server once and follows
-    rotations per handshake. `check_peer()` is the SPIFFE check after every handshake.
+    it cannot), or starts from `initial=(key, svid)` (one obtained elsewhere, or kept on disk);
+    `start()` keeps it fresh in the background. `on_install(key, svid)` is called after every
+    new certificate or bundle is in place (the control-plane agent persists and reuses it).
+    `client_context()` is the context for a new outbound connection; `server_context()` is
+    given to a server once and follows rotations per handshake. `check_peer()` is the SPIFFE
+    check after every handshake.
     """
 
     def __init__(
@@ -109,6 +112,8 @@ class WorkloadIdentity:
         rng: random.Random | None = None,
         retry_initial: float = 0.05,
         retry_max: float = 30.0,
+        initial: tuple[ec.EllipticCurvePrivateKey, IssuedSvid] | None = None,
+        on_install: Callable[[ec.EllipticCurvePrivateKey, IssuedSvid], None] | None = None,
     ) -> None:
         self.spiffe_id = spiffe_id
         self._renew = renew
@@ -118,6 +123,7 @@ class WorkloadIdentity:
         self._rng = rng or random.Random()
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self._on_install = on_install
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -134,7 +140,10 @@ class WorkloadIdentity:
         self.received_at = 0.0
         self.next_renewal_at = 0.0
         self._client: ssl.SSLContext
-        self._install(*self._obtain())
+        if initial is None:
+            self._install(*self._obtain())
+        else:
+            self._install(*self._checked(*initial))
 
     @classmethod
     def from_ca(
@@ -161,6 +170,11 @@ class WorkloadIdentity:
             svid = self._renew(create_csr(key, self.spiffe_id))
         except Exception as exc:
             raise RenewalError(f"could not get a certificate for {self.spiffe_id}: {exc}") from exc
+        return self._checked(key, svid)
+
+    def _checked(
+        self, key: ec.EllipticCurvePrivateKey, svid: IssuedSvid
+    ) -> tuple[ec.EllipticCurvePrivateKey, IssuedSvid]:
         if svid.spiffe_id != self.spiffe_id:
             raise RenewalError(f"asked for {self.spiffe_id}, the signer issued {svid.spiffe_id}")
         pub = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -199,6 +213,8 @@ class WorkloadIdentity:
                 delay = renewal_delay(now, svid.not_after, self._rng)
                 self.next_renewal_at = now + max(MIN_RENEWAL_DELAY, delay)
             self.generation += 1
+        if self._on_install is not None:
+            self._on_install(key, svid)
 
     def refresh(self) -> IssuedSvid:
         """Get a new key and SVID now and switch to it (one attempt; raises `RenewalError`)."""

@@ -6,7 +6,8 @@ identity through `ssl_context_factory` (servers pick the current context per han
 certificate rotation needs no restart). `start()` runs uvicorn on its own thread and event
 loop and returns once the socket listens (port 0 picks a free port, read back from `port`);
 `stop()` asks uvicorn to finish in-flight requests and waits. `run()` blocks in the calling
-thread, as `uvicorn.run` does.
+thread, as `uvicorn.run` does. `on_started(server)` runs once the socket listens (the mesh's
+agent registers the real port there) and `on_stopped(server)` when it stops (deregisters).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class MeshServer:
         verify_peer: PeerVerifier | None = None,
         plaintext_too: bool = False,
         log_level: str = "warning",
+        on_started: Callable[[MeshServer], None] | None = None,
+        on_stopped: Callable[[MeshServer], None] | None = None,
         **uvicorn_options: Any,
     ) -> None:
+        self.on_started = on_started
+        self.on_stopped = on_stopped
         factory = None
         http: type[Any] = protocol_class(verify_peer)
         if ssl_context is not None and plaintext_too:
@@ -64,6 +69,7 @@ class MeshServer:
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
         self.scheme = "https" if ssl_context is not None else "http"
+        self._announced_port: int | None = None
         self.plaintext_too = plaintext_too
 
     @property
@@ -92,10 +98,27 @@ class MeshServer:
         if not self.server.started:
             self.stop()
             raise RuntimeError(f"server did not start on {self.config.host}:{self.config.port}")
+        self._announce()
         return self
 
+    def _announce(self) -> None:
+        self._announced_port = self.port
+        if self.on_started is not None:
+            self.on_started(self)
+
+    def _retract(self) -> None:
+        if self._announced_port is not None and self.on_stopped is not None:
+            self.on_stopped(self)
+        self._announced_port = None
+
+    @property
+    def bound_port(self) -> int | None:
+        """The port it listened on (also while stopping), or None before it listened."""
+        return self._announced_port
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish in-flight requests and stop."""
+        """Stop taking new traffic (`on_stopped`), finish in-flight requests and stop."""
+        self._retract()
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
@@ -103,7 +126,22 @@ class MeshServer:
 
     def run(self) -> None:
         """Serve in the calling thread until interrupted (as `uvicorn.run`)."""
-        self.server.run()
+        if self.on_started is None:
+            self.server.run()
+            return
+        watcher = threading.Thread(target=self._announce_when_started, daemon=True)
+        watcher.start()
+        try:
+            self.server.run()
+        finally:
+            self._retract()
+
+    def _announce_when_started(self) -> None:
+        waited = threading.Event()
+        while not self.server.started and not self.server.should_exit:
+            waited.wait(0.01)
+        if self.server.started and not self.server.should_exit:
+            self._announce()
 
     def __enter__(self) -> MeshServer:
         return self.start()

@@ -116,10 +116,13 @@ def test_missing_file_is_a_usage_error() -> None:
     assert p.stdout == ""
 
 
-def test_no_file_option_is_a_usage_error() -> None:
-    p = run("analyze")
+def test_without_files_it_asks_the_control_plane() -> None:
+    """No -f: the live configuration; an unreachable control plane is one line, exit 1."""
+    p = run("analyze", "--control-plane", "http://127.0.0.1:1")
     no_traceback(p)
-    assert p.returncode == 2
+    assert p.returncode == 1
+    assert p.stderr.startswith("pymeshctl: error: cannot reach the control plane at ")
+    assert p.stdout == ""
 
 
 @pytest.mark.parametrize("args", [("version",)])

@@ -4,13 +4,17 @@
 - `FakeClock`: a monotonic clock the test moves by hand (lease expiry without sleeping).
 - `ControlPlaneProcess` / `cp_process`: the real `pymesh-controlplane serve` as a subprocess on
   127.0.0.1 port 0 (it writes the port it bound to `--port-file`), with its admin token read
-  from the data dir; `restart()` stops it (SIGTERM) and starts it again on the same data dir.
+  from the data dir; `restart()` stops it (SIGTERM) and starts it again on the same data dir;
+  `kill()` is SIGKILL; `start(same_port=True)` binds the port it had before. Plain HTTP
+  (`--insecure-http`) unless made with `tls=True`: then `url` is https and `client()`
+  verifies the server with the CA the control plane wrote to `<data-dir>/ca.pem`.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -45,16 +49,24 @@ class FakeClock:
 class ControlPlaneProcess:
     """`pymesh-controlplane serve` in a subprocess on a loopback port it picks itself."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, tls: bool = False) -> None:
         self.data_dir = data_dir
         self.extra = extra
+        self.tls = tls
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.stdout = ""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else True
 
     @property
     def token(self) -> str:
@@ -64,8 +76,9 @@ class ControlPlaneProcess:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, *, same_port: bool = False) -> None:
         port_file = self.data_dir.parent / f"{self.data_dir.name}.port"
+        port = self.port if same_port else 0
         port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [
@@ -74,9 +87,10 @@ class ControlPlaneProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--listen",
-                "127.0.0.1:0",
+                f"127.0.0.1:{port}",
                 "--port-file",
                 str(port_file),
+                *(() if self.tls else ("--insecure-http",)),
                 *self.extra,
             ],
             stdout=subprocess.PIPE,
@@ -110,12 +124,18 @@ class ControlPlaneProcess:
             proc.stdout.close()
         return rc
 
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, streams cut."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.stop()
+
     def restart(self) -> None:
         self.stop()
         self.start()
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=5.0, **kw)
+        return httpx.Client(base_url=self.url, timeout=5.0, verify=self.verify(), **kw)
 
 
 @pytest.fixture
@@ -123,8 +143,8 @@ def cp_factory(tmp_path: Path) -> Iterator[Any]:
     """Factory: `cp = cp_factory("--lease-ttl", "0.5")` starts one control plane."""
     started: list[ControlPlaneProcess] = []
 
-    def make(*extra: str, name: str = "cp") -> ControlPlaneProcess:
-        cp = ControlPlaneProcess(tmp_path / name, *extra)
+    def make(*extra: str, name: str = "cp", tls: bool = False) -> ControlPlaneProcess:
+        cp = ControlPlaneProcess(tmp_path / name, *extra, tls=tls)
         cp.start()
         started.append(cp)
         return cp

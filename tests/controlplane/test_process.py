@@ -163,10 +163,64 @@ def test_restart_keeps_config_and_watchers_resume(cp_factory: Any) -> None:
 
 def test_refuses_non_loopback_listen(tmp_path: Any) -> None:
     r = subprocess.run(
-        [str(BIN), "serve", "--data-dir", str(tmp_path), "--listen", "0.0.0.0:0"],
+        [
+            *(str(BIN), "serve", "--data-dir", str(tmp_path)),
+            *("--listen", "0.0.0.0:0", "--insecure-http"),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert r.returncode == 2 and "loopback" in r.stderr
+
+
+def test_https_with_a_certificate_from_its_ca_and_svids_as_credentials(
+    cp_factory: Any, tmp_path: Any
+) -> None:
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pymesh.identity import CertificateAuthority, SpiffeId, create_csr, generate_key
+    from pymesh.identity.bundle import load_pem_certificates
+    from pymesh.identity.tls import key_and_chain_pem
+
+    cp: ControlPlaneProcess = cp_factory(tls=True)
+    assert cp.url.startswith("https://")
+    leaf_pem = ssl.get_server_certificate(("127.0.0.1", cp.port))
+    sans = x509.load_pem_x509_certificate(leaf_pem.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert {"pymesh-controlplane", "localhost"} <= set(sans.value.get_values_for_type(x509.DNSName))
+    with cp.client(headers=cp.auth) as c:
+        assert c.get("/v1/version").json()["tls"] is True
+        token = c.post("/v1/tokens", json={"serviceAccount": "reviews"}).json()["token"]
+    key = generate_key()
+    csr = x509.load_der_x509_csr(create_csr(key)).public_bytes(Encoding.PEM).decode()
+    with cp.client(headers={"Authorization": f"Bearer {token}"}) as c:
+        svid = c.post("/v1/certificates", json={"csr": csr}).json()
+    chain = load_pem_certificates(svid["certificateChain"])
+
+    def with_cert(key: Any, chain: Any, name: str) -> httpx.Client:
+        (tmp_path / name).write_bytes(key_and_chain_pem(key, chain))
+        ctx = ssl.create_default_context(cafile=str(cp.ca_file))
+        ctx.load_cert_chain(str(tmp_path / name))
+        return httpx.Client(base_url=cp.url, verify=ctx, timeout=5.0)
+
+    # the SVID alone authenticates the workload (no bearer token): register as itself...
+    with with_cert(key, chain, "svid.pem") as c:
+        r = c.post("/v1/workloads", json=REGISTER | {"serviceAccount": "reviews"})
+        assert r.status_code == 200, r.text
+        # ...but nothing else: another identity, or admin operations
+        assert c.post("/v1/workloads", json=REGISTER).status_code == 403
+        assert c.get("/v1/resources").status_code == 403
+    with cp.client() as anon:
+        assert anon.get("/v1/resources").status_code == 401
+    # a certificate from another CA does not get through the handshake
+    other_key, other = CertificateAuthority.generate().issue(
+        SpiffeId.workload("cluster.local", "default", "reviews")
+    )
+    with with_cert(other_key, other.chain, "other.pem") as c, pytest.raises(httpx.HTTPError):
+        c.get("/v1/workloads")

@@ -340,17 +340,7 @@ async def test_redirect_and_direct_response(backends: Any, connect: Any) -> None
     assert v1.count == 0  # nothing reached the backend
 
 
-async def test_following_a_redirect(
-    backends: Any, connect: Any, kind: str, request: pytest.FixtureRequest
-) -> None:
-    if kind == "async":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="the lean HTTP/1.1 pool reads `request.content` of the redirected "
-                "request, whose ByteStream httpx never read (RequestNotRead)",
-                strict=False,
-            )
-        )
+async def test_following_a_redirect(backends: Any, connect: Any, kind: str) -> None:
     (v1,) = backends("v1")
     mesh = make_mesh(
         service_entry([endpoint(v1)]),

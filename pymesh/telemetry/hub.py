@@ -1,0 +1,518 @@
+"""`MeshTelemetry`: the one hook every meshed edge reports a finished call to.
+
+How this works: an edge (the httpx transport, the ASGI and WSGI middleware; later gRPC and the
+proxy) makes a `CallRecord` when a call starts (`outbound` / `inbound`: trace context from
+`pymesh.telemetry.context`, an OTel span only when sampled) and hands it to `finish` when the
+call is over — for a response, when its body is closed, so bytes and duration are whole.
+`finish` counts the call in Istio's metrics (label children cached per label tuple), keeps the
+record in a bounded ring for `Mesh.explain`, writes the access-log line when the access log is
+on (and this call is sampled for it), and ends the span. Nothing here runs when a mesh's
+telemetry is off: edges test `mesh.telemetry is None` and take their old path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from pymesh.call import Decision
+from pymesh.telemetry.context import (
+    CURRENT,
+    DEADLINE_HEADER,
+    PEER_HEADER,
+    Propagation,
+    TraceContext,
+    new_id,
+)
+from pymesh.telemetry.metrics import UNKNOWN, HealthCollector, IstioMetrics
+
+if TYPE_CHECKING:
+    from pymesh.mesh import Mesh
+    from pymesh.telemetry import TelemetryConfig
+
+access_logger = logging.getLogger("pymesh.access")
+_INF = float("inf")
+_perf = time.perf_counter
+_monotonic = time.monotonic
+
+
+class CallRecord:
+    """One finished (or finishing) call as telemetry sees it: what was asked, what came back,
+    the decision record, the trace context, bytes and timing."""
+
+    __slots__ = (
+        "authority",
+        "bytes_in",
+        "bytes_out",
+        "decision",
+        "direction",
+        "duration",
+        "endpoint",
+        "flags",
+        "method",
+        "mtls",
+        "path",
+        "peer",
+        "peer_meta",
+        "reason",
+        "request_id",
+        "start",
+        "status",
+        "t0",
+        "trace",
+    )
+
+    def __init__(self, direction: str, method: str, authority: str, path: str) -> None:
+        self.direction = direction  # "outbound" (client) or "inbound" (server)
+        self.method = method
+        self.authority = authority
+        self.path = path
+        self.status: int | None = None
+        self.bytes_in = 0  # request body bytes
+        self.bytes_out = 0  # response body bytes
+        self.start = time.time()
+        self.t0 = _perf()
+        self.duration = 0.0
+        self.decision: Decision | None = None
+        self.flags = ""  # inbound refusals: the flag; outbound: read from the decision
+        self.reason = ""
+        self.peer: str | None = None  # the caller's principal (inbound)
+        self.peer_meta = ""  # the caller's x-pymesh-peer (inbound)
+        self.request_id: str | None = None
+        self.trace: TraceContext | None = None
+        self.endpoint: Any = None  # the EndpointState of the last attempt (outbound)
+        self.mtls = False
+
+    @property
+    def response_flags(self) -> str:
+        """Envoy's rendering of the flags ("-" when none)."""
+        d = self.decision
+        if d is not None and d.flags:
+            return d.response_flags
+        return self.flags or "-"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The access-log line / `explain` entry."""
+        d = self.decision
+        ep = self.endpoint
+        out: dict[str, Any] = {
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.start))
+            + f".{int(self.start * 1000) % 1000:03d}Z",
+            "direction": self.direction,
+            "method": self.method,
+            "path": self.path,
+            "protocol": "HTTP/1.1",
+            "response_code": self.status or 0,
+            "response_flags": self.response_flags,
+            "bytes_received": self.bytes_in,
+            "bytes_sent": self.bytes_out,
+            "duration": round(self.duration * 1000, 3),
+            "upstream_host": ep.label if ep is not None else None,
+            "upstream_cluster": (d.destination or None) if d is not None else None,
+            "route_name": (d.route or None) if d is not None else None,
+            "authority": self.authority,
+            "x_request_id": self.request_id,
+            "trace_id": self.trace.trace_id_hex if self.trace is not None else None,
+            "downstream_peer_principal": self.peer,
+            "reason": self.reason or (d.reason if d is not None else "") or None,
+        }
+        if d is not None and self.direction == "outbound":
+            out["decision"] = d.as_dict()
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"CallRecord({self.direction} {self.method} {self.authority}{self.path} → "
+            f"{self.status}, flags={self.response_flags})"
+        )
+
+
+def _writer(access_log: Any) -> Callable[[str], None] | None:
+    if access_log is False or access_log is None:
+        return None
+    if access_log is True:
+        return lambda line: access_logger.info(line)
+    if isinstance(access_log, logging.Logger):
+        return lambda line: access_log.info(line)
+    if hasattr(access_log, "write"):
+
+        def write(line: str) -> None:
+            access_log.write(line + "\n")
+            flush = getattr(access_log, "flush", None)
+            if flush is not None:
+                flush()
+
+        return write
+    if callable(access_log):
+        return access_log  # type: ignore[no-any-return]
+    raise TypeError(f"access_log: True, a Logger, a file or a callable, not {access_log!r}")
+
+
+def _service_parts(host: str) -> tuple[str, str]:
+    """(service name, namespace) of a mesh host: `reviews.default.svc.cluster.local`."""
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc":
+        return parts[0], parts[1]
+    return host, UNKNOWN
+
+
+def _principal_parts(principal: str | None) -> tuple[str, str]:
+    """(service account, namespace) from `spiffe://td/ns/<ns>/sa/<sa>`."""
+    if not principal:
+        return UNKNOWN, UNKNOWN
+    parts = principal.split("/")
+    try:
+        return parts[parts.index("sa") + 1], parts[parts.index("ns") + 1]
+    except (ValueError, IndexError):
+        return UNKNOWN, UNKNOWN
+
+
+class MeshTelemetry:
+    """The telemetry of one `Mesh`: its registry and metrics, the explain ring, the access log,
+    the tracer and sampler. Made by `Mesh(telemetry=...)`; read through `mesh.telemetry`."""
+
+    def __init__(self, mesh: Mesh, config: TelemetryConfig) -> None:
+        self.mesh = mesh
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics: IstioMetrics | None = None
+        if config.metrics:
+            self.metrics = IstioMetrics(self.registry, config.max_series)
+            self.registry.register(HealthCollector(mesh))
+        self.recent: deque[CallRecord] = deque(maxlen=config.explain_size)
+        self._log = _writer(config.access_log)
+        self._log_share = config.access_log_sampling
+        self.sampling = config.sampling
+        self.propagation = Propagation(config.propagation)
+        self._rng = random.Random()
+        self._tracer: Any = None
+        self._tracer_from = config.tracer_provider
+        labels = mesh.labels
+        principal = str(mesh.spiffe_id) if mesh.identity is not None else UNKNOWN
+        app = labels.get("app", mesh.service)
+        version = labels.get("version", UNKNOWN)
+        self._self = (mesh.service, mesh.namespace, principal, app, version)
+        host = f"{mesh.service}.{mesh.namespace}.svc.cluster.local"
+        self._self_dst = (*self._self, host, mesh.service, mesh.namespace)
+        self.peer_header = f"{mesh.service};{mesh.namespace};{app};{version}"
+        self._dst_cache: dict[tuple[str, Any], tuple[str, ...]] = {}
+        self._src_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
+
+    # -- tracing -----------------------------------------------------------------------------
+    def tracer(self) -> Any:
+        """The OTel tracer (from `configure`'s provider, else the global one)."""
+        t = self._tracer
+        if t is None:
+            from opentelemetry import trace
+
+            provider = self._tracer_from or trace.get_tracer_provider()
+            t = self._tracer = provider.get_tracer("pymesh")
+        return t
+
+    def _root_sampled(self) -> bool:
+        share = self.sampling
+        return share >= 1.0 or (share > 0.0 and self._rng.random() < share)
+
+    def outbound_context(self) -> TraceContext:
+        """The trace context of a new client call: a child of the inbound request being served
+        (zero-code propagation), of the app's own current OTel span, or a new root."""
+        parent = CURRENT.get()
+        if parent is not None:
+            ctx = TraceContext(
+                parent.trace_id,
+                new_id(64),
+                parent.span_id,
+                parent.sampled,
+                parent.tracestate,
+                parent.baggage,
+                parent.deadline,
+            )
+            if parent.span is not None:
+                ctx.span = parent.span  # parent span, replaced by the client span when sampled
+            return ctx
+        from opentelemetry import trace
+
+        span_ctx = trace.get_current_span().get_span_context()
+        if span_ctx.is_valid:
+            ctx = TraceContext(
+                span_ctx.trace_id, new_id(64), span_ctx.span_id, span_ctx.trace_flags.sampled
+            )
+            ctx.span = trace.get_current_span()
+            return ctx
+        return TraceContext(new_id(128), new_id(64), 0, self._root_sampled())
+
+    def inbound_context(self, got: dict[str, str] | None) -> TraceContext:
+        """The trace context of a served request from its collected propagation headers."""
+        deadline = _INF
+        if got is not None:
+            timeout = got.get(DEADLINE_HEADER)
+            if timeout is not None:
+                with contextlib.suppress(ValueError):
+                    deadline = _monotonic() + max(0.0, float(timeout)) / 1000
+            parsed = self.propagation.extract(got)
+            if parsed is not None:
+                trace_id, parent_id, sampled, state, baggage = parsed
+                if sampled is None:
+                    sampled = self._root_sampled()
+                return TraceContext(
+                    trace_id, new_id(64), parent_id, sampled, state, baggage, deadline
+                )
+            if "baggage" in got and self.propagation.baggage:
+                ctx = TraceContext(new_id(128), new_id(64), 0, self._root_sampled())
+                ctx.baggage = got["baggage"]
+                ctx.deadline = deadline
+                return ctx
+        return TraceContext(new_id(128), new_id(64), 0, self._root_sampled(), deadline=deadline)
+
+    def start_span(self, ctx: TraceContext, rec: CallRecord, kind: str) -> None:
+        """Start the OTel span of a sampled call; its span id becomes the context's."""
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+        from opentelemetry.trace.span import TraceState
+
+        parent_span = ctx.span
+        if parent_span is None or parent_span.get_span_context().trace_id != ctx.trace_id:
+            if ctx.parent_id:
+                state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
+                parent_span = NonRecordingSpan(
+                    SpanContext(
+                        ctx.trace_id,
+                        ctx.parent_id,
+                        is_remote=True,
+                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                        trace_state=state,
+                    )
+                )
+            else:
+                parent_span = None
+        parent = trace.set_span_in_context(parent_span) if parent_span is not None else None
+        if parent is None:
+            from opentelemetry.context import Context
+
+            parent = Context()  # a root: not the app's current span
+        span = self.tracer().start_span(
+            rec.method,
+            context=parent,
+            kind=SpanKind.CLIENT if kind == "client" else SpanKind.SERVER,
+            start_time=int(rec.start * 1e9),
+            attributes={"http.request.method": rec.method, "url.path": rec.path},
+        )
+        ctx.span = span
+        sc = span.get_span_context()
+        if sc.is_valid:
+            ctx.trace_id = sc.trace_id
+            ctx.span_id = sc.span_id
+            ctx.sampled = sc.trace_flags.sampled
+
+    def _end_span(self, rec: CallRecord, span: Any) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        attrs: dict[str, Any] = {
+            "server.address": rec.authority.rpartition(":")[0] or rec.authority,
+            "network.protocol.version": "1.1",
+        }
+        if rec.status:
+            attrs["http.response.status_code"] = rec.status
+        d = rec.decision
+        if d is not None:
+            attrs["pymesh.response_flags"] = d.response_flags
+            attrs["pymesh.snapshot_version"] = str(d.snapshot_version)
+            if rec.direction == "outbound":
+                attrs["pymesh.route"] = d.route
+                attrs["pymesh.destination.service"] = d.service
+                attrs["pymesh.destination.cluster"] = d.destination
+                if d.subset:
+                    attrs["pymesh.destination.subset"] = d.subset
+                attrs["pymesh.attempts"] = len(d.attempts)
+                if rec.endpoint is not None:
+                    attrs["pymesh.endpoint"] = rec.endpoint.label
+        elif rec.flags:
+            attrs["pymesh.response_flags"] = rec.flags
+        if rec.peer:
+            attrs["pymesh.peer.principal"] = rec.peer
+        span.set_attributes(attrs)
+        failed = (
+            rec.status is None
+            or rec.status >= 500
+            or (rec.direction == "outbound" and rec.status >= 400)
+        )
+        if failed:
+            reason = rec.reason or (d.reason if d is not None else "")
+            attrs_err = str(rec.status) if rec.status else rec.response_flags
+            span.set_attribute("error.type", attrs_err)
+            span.set_status(Status(StatusCode.ERROR, reason or None))
+        span.end(end_time=int((rec.start + rec.duration) * 1e9))
+
+    # -- records -----------------------------------------------------------------------------
+    def outbound(self, method: str, authority: str, path: str) -> CallRecord:
+        """Start the record of a client call, with its trace context (span if sampled)."""
+        rec = CallRecord("outbound", method, authority, path)
+        ctx = rec.trace = self.outbound_context()
+        if ctx.sampled:
+            self.start_span(ctx, rec, "client")
+        return rec
+
+    def outbound_headers(self, rec: CallRecord, set_header: Callable[[str, str], None]) -> None:
+        """Write the propagation headers (trace context, deadline, peer metadata)."""
+        ctx = rec.trace
+        assert ctx is not None
+        self.propagation.inject(ctx, set_header)
+        if ctx.deadline != _INF:
+            remaining = max(0, int((ctx.deadline - _monotonic()) * 1000))
+            set_header(DEADLINE_HEADER, str(remaining))
+        set_header(PEER_HEADER, self.peer_header)
+
+    def inbound(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        got: dict[str, str] | None,
+    ) -> CallRecord:
+        """Start the record of a served request, with its trace context (span if sampled)."""
+        rec = CallRecord("inbound", method, authority, path)
+        ctx = rec.trace = self.inbound_context(got)
+        if got is not None:
+            rec.peer_meta = got.get(PEER_HEADER, "")
+        if ctx.sampled:
+            self.start_span(ctx, rec, "server")
+        return rec
+
+    def finish(self, rec: CallRecord) -> None:
+        """The call is over: count it, keep it for `explain`, log it, end its span."""
+        rec.duration = _perf() - rec.t0
+        self.recent.append(rec)
+        metrics = self.metrics
+        d = rec.decision
+        if metrics is not None:
+            if rec.direction == "outbound":
+                labels = self._outbound_labels(rec)
+                if d is not None:
+                    self._health(metrics, d)
+            else:
+                labels = self._inbound_labels(rec)
+            metrics.observe(labels, rec.duration * 1000, rec.bytes_in, rec.bytes_out)
+        log = self._log
+        if log is not None and (self._log_share >= 1.0 or self._rng.random() < self._log_share):
+            log(json.dumps(rec.as_dict(), separators=(",", ":")))
+        ctx = rec.trace
+        if ctx is not None and ctx.sampled and ctx.span is not None:
+            self._end_span(rec, ctx.span)
+
+    def _health(self, metrics: IstioMetrics, d: Decision) -> None:
+        flags = d.flags
+        n = len(d.attempts)
+        if n <= 1 and not flags:
+            return
+        service = d.service
+        if n > 1:
+            metrics.retries.labels(service).inc(n - 1)
+        if "URX" in flags:
+            metrics.retries_exhausted.labels(service).inc()
+        if "UO" in flags:
+            if "not retried" in d.reason:
+                metrics.retry_overflow.labels(service).inc()
+            else:
+                metrics.circuit_open.labels(service).inc()
+
+    def _outbound_labels(self, rec: CallRecord) -> tuple[str, ...]:
+        d = rec.decision
+        host = d.service if d is not None else rec.authority
+        ep = rec.endpoint
+        key = (host, ep)
+        dst = self._dst_cache.get(key)
+        if dst is None:
+            name, ns = _service_parts(host)
+            if ep is not None:
+                spec = ep.spec
+                app = spec.labels.get("app", name)
+                version = spec.labels.get("version", UNKNOWN)
+                workload = spec.service_account or app
+                principal = spec.identity if self.mesh.identity is not None else ""
+            else:
+                app, version, workload, principal = name, UNKNOWN, UNKNOWN, ""
+            dst = (workload, ns, principal or UNKNOWN, app, version, host, name, ns)
+            if len(self._dst_cache) < 10_000:
+                self._dst_cache[key] = dst
+        mtls = "mutual_tls" if dst[2] != UNKNOWN else "none"
+        code = str(rec.status or 0)
+        return ("source", *self._self, *dst, "http", code, "", rec.response_flags, mtls)
+
+    def _inbound_labels(self, rec: CallRecord) -> tuple[str, ...]:
+        key = (rec.peer, rec.peer_meta)
+        src = self._src_cache.get(key)
+        if src is None:
+            sa, ns = _principal_parts(rec.peer)
+            meta = rec.peer_meta.split(";") if rec.peer_meta else []
+            if len(meta) == 4:
+                workload, ns2, app, version = meta
+                ns = ns2 if ns == UNKNOWN else ns
+            else:
+                workload, app, version = sa, UNKNOWN, UNKNOWN
+            src = (workload, ns, rec.peer or UNKNOWN, app, version)
+            if len(self._src_cache) < 10_000:
+                self._src_cache[key] = src
+        mtls = "mutual_tls" if rec.mtls else "none"
+        code = str(rec.status or 0)
+        return ("destination", *src, *self._self_dst, "http", code, "", rec.response_flags, mtls)
+
+    def explain(self, last: int = 10) -> list[dict[str, Any]]:
+        """The records of the last `last` finished calls, oldest first."""
+        recent = list(self.recent)
+        return [r.as_dict() for r in recent[-last:]] if last > 0 else []
+
+    def metrics_text(self) -> bytes:
+        """This mesh's metrics in Prometheus' text format."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def __repr__(self) -> str:
+        return (
+            f"MeshTelemetry({self.mesh.service}, metrics={self.metrics is not None}, "
+            f"access_log={self._log is not None}, sampling={self.sampling}, "
+            f"recent={len(self.recent)})"
+        )
+
+
+def refusal_flag(verdict: Any) -> str:
+    """The response flag of an inbound refusal: RBAC for a 403 (AuthorizationPolicy, or
+    PeerAuthentication's mTLS requirement), DPE (downstream protocol error) for a 400."""
+    status = verdict.status
+    if status == 403:
+        return "RBAC"
+    if status == 400:
+        return "DPE"
+    return ""
+
+
+def attach_span(ctx: TraceContext | None) -> object | None:
+    """Make a sampled server span the app's current OTel span (its own spans nest under it);
+    returns the token for `detach_span` (None when nothing was attached)."""
+    if ctx is None or ctx.span is None:
+        return None
+    from opentelemetry import context, trace
+
+    return context.attach(trace.set_span_in_context(ctx.span))
+
+
+def detach_span(token: object | None) -> None:
+    """Undo `attach_span`."""
+    if token is not None:
+        from opentelemetry import context
+
+        context.detach(token)  # type: ignore[arg-type]
+
+
+def new_request_id() -> str:
+    """A fresh x-request-id (random 128 bits, UUID-formatted as Envoy makes them)."""
+    v = f"{new_id(128):032x}"
+    return f"{v[:8]}-{v[8:12]}-{v[12:16]}-{v[16:20]}-{v[20:]}"
