@@ -31,6 +31,7 @@ Pure functions; no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
@@ -99,6 +100,17 @@ def _rejection(pairs: list[tuple[bytes, bytes]]) -> HeaderRejection | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def _as_bytes(
+    drop: frozenset[str], prefixes: tuple[str, ...]
+) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
+    """The drop lists as bytes, made once per list (names are compared before decoding)."""
+    return (
+        frozenset(n.encode("latin-1") for n in drop),
+        tuple(p.encode("latin-1") for p in prefixes),
+    )
+
+
 def clean_headers(
     headers: Iterable[tuple[bytes, bytes]],
     *,
@@ -124,6 +136,8 @@ def clean_headers(
         if rejection is not None:
             return rejection
     filtering = bool(drop or drop_prefixes)
+    if filtering:
+        drop_b, prefixes_b = _as_bytes(drop, drop_prefixes)
     folded: dict[bytes, bytes] = {}
     for raw_name, raw_value in pairs:
         name = raw_name.lower()
@@ -131,10 +145,8 @@ def clean_headers(
             if underscores == "reject":
                 return HeaderRejection(400, f"header name {_show(name)} contains '_'")
             continue
-        if filtering:
-            sname = name.decode("latin-1")
-            if sname in drop or sname.startswith(drop_prefixes):
-                continue
+        if filtering and (name in drop_b or name.startswith(prefixes_b)):
+            continue
         value = raw_value.strip(_OWS)
         old = folded.get(name)
         if old is None:
