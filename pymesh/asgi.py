@@ -65,7 +65,9 @@ def _transport_and_peer(scope: Scope, signer: XfccSigner | None) -> tuple[Transp
             return "tls", None  # a foreign server's TLS: no SPIFFE check ran, no identity
         return ("mtls", peer) if peer else ("tls", None)
     server = scope.get("server")
-    unix_socket = server is not None and server[1] is None
+    # uvicorn reports a Unix socket as (path, None); a TCP server that omits its port (some
+    # test transports do) must not pass for one, so the path must look like a path
+    unix_socket = server is not None and server[1] is None and str(server[0] or "").startswith("/")
     peer = peer_from_xfcc(scope.get("headers", []), signer, unix_socket)
     if peer is not None:
         return "mtls", peer  # the proxy terminated mTLS and vouches for the caller
@@ -93,10 +95,33 @@ def inbound_request(scope: Scope, xfcc_signer: XfccSigner | None = None) -> Inbo
     )
 
 
+def _encoded(extra: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in extra]
+
+
+def adding_headers(send: Send, extra: tuple[tuple[str, str], ...]) -> Send:
+    """`send` with `extra` response headers (an `InboundVerdict.response_headers`, CORS) put on
+    the response start: they replace the app's own values of those names, except `vary`,
+    which is added."""
+    add = _encoded(extra)
+    owned = {n for n, _ in add if n != b"vary"}
+
+    async def adding_send(msg: MutableMapping[str, Any]) -> None:
+        if msg["type"] == "http.response.start":
+            msg = dict(msg)
+            kept = [h for h in msg.get("headers") or () if bytes(h[0]).lower() not in owned]
+            msg["headers"] = kept + add
+        await send(msg)
+
+    return adding_send
+
+
 async def _reply(send: Send, verdict: InboundVerdict) -> None:
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(verdict.body))]
     if verdict.location:
         headers.append((b"location", verdict.location.encode("latin-1")))
+    if verdict.response_headers:
+        headers += _encoded(verdict.response_headers)
     await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
     await send({"type": "http.response.body", "body": verdict.body})
 
@@ -140,14 +165,15 @@ class MeshMiddleware:
         request = inbound_request(scope, self.xfcc_signer)
         verdict = self.policy().check(request)
         if not verdict.served:
-            log.info(
-                "refused %s %s from %s: %s (%d)",
-                request.method,
-                request.target.partition(b"?")[0].decode("latin-1"),
-                request.peer or request.source_ip,
-                verdict.reason,
-                verdict.status,
-            )
+            if verdict.refused:
+                log.info(
+                    "refused %s %s from %s: %s (%d)",
+                    request.method,
+                    request.target.partition(b"?")[0].decode("latin-1"),
+                    request.peer or request.source_ip,
+                    verdict.reason,
+                    verdict.status,
+                )
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
@@ -161,6 +187,8 @@ class MeshMiddleware:
         extensions = dict(scope.get("extensions") or {})
         extensions["pymesh"] = {"peer": verdict.peer}
         inner["extensions"] = extensions
+        if verdict.response_headers and kind == "http":
+            send = adding_headers(send, verdict.response_headers)
         await self.app(inner, receive, send)
 
     async def _recorded(
@@ -184,14 +212,15 @@ class MeshMiddleware:
         verdict = self.policy().check(request)
         rec.peer = verdict.peer if verdict.served else request.peer
         if not verdict.served:
-            log.info(
-                "refused %s %s from %s: %s (%d)",
-                request.method,
-                target,
-                request.peer or request.source_ip,
-                verdict.reason,
-                verdict.status,
-            )
+            if verdict.refused:
+                log.info(
+                    "refused %s %s from %s: %s (%d)",
+                    request.method,
+                    target,
+                    request.peer or request.source_ip,
+                    verdict.reason,
+                    verdict.status,
+                )
             rec.status = verdict.status
             rec.flags = refusal_flag(verdict)
             rec.reason = verdict.reason
@@ -209,6 +238,8 @@ class MeshMiddleware:
         extensions = dict(scope.get("extensions") or {})
         extensions["pymesh"] = {"peer": verdict.peer}
         inner["extensions"] = extensions
+        if verdict.response_headers:
+            send = adding_headers(send, verdict.response_headers)
 
         async def counting_receive() -> MutableMapping[str, Any]:
             msg = await receive()

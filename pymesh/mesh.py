@@ -34,6 +34,7 @@ from pymesh._tls import OutboundTls
 from pymesh.agent import Agent, AgentSettings, Listener, MeshNotReadyError
 from pymesh.asgi import MeshMiddleware
 from pymesh.config import load_files, load_text
+from pymesh.config.hosts import canonical_host
 from pymesh.config.model import ConfigSet
 from pymesh.identity import CertificateAuthority, SpiffeId, WorkloadIdentity
 from pymesh.inbound import InboundPolicy
@@ -264,8 +265,8 @@ class Mesh:
         return MeshAsyncClient(transport=transport, **kwargs)
 
     def inbound_policy(self) -> InboundPolicy:
-        """The PeerAuthentication / AuthorizationPolicy decisions for this workload, compiled
-        once per configuration (servers and middleware call this per request)."""
+        """The PeerAuthentication / AuthorizationPolicy / CORS decisions for this workload,
+        compiled once per configuration (servers and middleware call this per request)."""
         cached = self._inbound
         config = self._config
         if cached is None or cached[0] is not config:
@@ -274,6 +275,7 @@ class Mesh:
                 namespace=self.namespace,
                 labels=self.labels,
                 trust_domain=self.trust_domain,
+                service_host=canonical_host(self.service, self.namespace),
             )
             cached = (config, policy)
             self._inbound = cached

@@ -110,6 +110,20 @@ def served_environ(environ: Environ, verdict: InboundVerdict) -> Environ:
     return inner
 
 
+def adding_headers(
+    start_response: StartResponse, extra: tuple[tuple[str, str], ...]
+) -> StartResponse:
+    """`start_response` with `extra` response headers (an `InboundVerdict.response_headers`,
+    CORS): they replace the app's own values of those names, except `vary`, which is added."""
+    owned = {n for n, _ in extra if n != "vary"}
+
+    def start(status: str, headers: Any, *exc_info: Any) -> Any:
+        kept = [(n, v) for n, v in headers if n.lower() not in owned]
+        return start_response(status, kept + list(extra), *exc_info)
+
+    return start
+
+
 class MeshMiddleware:
     """Apply the mesh's inbound policy to a WSGI app."""
 
@@ -145,19 +159,9 @@ class MeshMiddleware:
         request = inbound_request(environ, self.xfcc_signer, self.unix_socket)
         verdict = self.policy().check(request)
         if not verdict.served:
-            log.info(
-                "refused %s %s from %s: %s (%d)",
-                environ.get("REQUEST_METHOD", ""),
-                environ.get("PATH_INFO", ""),
-                request.peer or request.source_ip,
-                verdict.reason,
-                verdict.status,
-            )
-            reply = [("Content-Type", "text/plain"), ("Content-Length", str(len(verdict.body)))]
-            if verdict.location:
-                reply.append(("Location", verdict.location))
-            start_response(f"{verdict.status} {_REASONS.get(verdict.status or 0, '')}", reply)
-            return [verdict.body]
+            return self._refuse(environ, start_response, request, verdict)
+        if verdict.response_headers:
+            start_response = adding_headers(start_response, verdict.response_headers)
         return self.app(served_environ(environ, verdict), start_response)
 
     def _recorded(
@@ -194,6 +198,9 @@ class MeshMiddleware:
                 tel.finish(rec)
             return body
 
+        if verdict.response_headers:
+            start_response = adding_headers(start_response, verdict.response_headers)
+
         def recording_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
             rec.status = int(status[:3])
             return start_response(status, headers, *exc_info)
@@ -221,17 +228,19 @@ class MeshMiddleware:
         request: InboundRequest,
         verdict: InboundVerdict,
     ) -> list[bytes]:
-        log.info(
-            "refused %s %s from %s: %s (%d)",
-            environ.get("REQUEST_METHOD", ""),
-            environ.get("PATH_INFO", ""),
-            request.peer or request.source_ip,
-            verdict.reason,
-            verdict.status,
-        )
+        if verdict.refused:
+            log.info(
+                "refused %s %s from %s: %s (%d)",
+                environ.get("REQUEST_METHOD", ""),
+                environ.get("PATH_INFO", ""),
+                request.peer or request.source_ip,
+                verdict.reason,
+                verdict.status,
+            )
         reply = [("Content-Type", "text/plain"), ("Content-Length", str(len(verdict.body)))]
         if verdict.location:
             reply.append(("Location", verdict.location))
+        reply += verdict.response_headers
         start_response(f"{verdict.status} {_REASONS.get(verdict.status or 0, '')}", reply)
         return [verdict.body]
 
@@ -267,4 +276,4 @@ class _RecordedBody:
                 self._tel.finish(rec)
 
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 307: "Temporary Redirect"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 307: "Temporary Redirect"}

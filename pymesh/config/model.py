@@ -204,7 +204,8 @@ UnmatchedPreflights = Literal["UNSPECIFIED", "FORWARD", "IGNORE"]
 
 @dataclass(frozen=True, slots=True)
 class CorsPolicy:
-    """`http[].corsPolicy`, parsed and validated now; the inbound side enforces it when it lands.
+    """`http[].corsPolicy`: enforced by the inbound side for requests to this VirtualService's
+    hosts (`pymesh.policy.cors`; preflights answered by the mesh, headers added to responses).
 
     The deprecated `allowOrigin` strings are folded into `allow_origins` as exact matches."""
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, NamedTuple
 
 __all__ = [
@@ -59,6 +59,35 @@ _NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _OWS = b" \t"
 
 Underscores = Literal["allow", "drop", "reject"]
+
+
+class _DecodedHeaders(Mapping[str, str]):
+    """The `str` view of cleaned header pairs, decoded on first use: most requests never need
+    it (authorization decisions are memoized when no rule reads headers)."""
+
+    __slots__ = ("_dict", "_items")
+
+    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
+        self._items = items
+        self._dict: dict[str, str] | None = None
+
+    def _decoded(self) -> dict[str, str]:
+        d = self._dict
+        if d is None:
+            d = self._dict = {n.decode("latin-1"): v.decode("latin-1") for n, v in self._items}
+        return d
+
+    def __getitem__(self, name: str) -> str:
+        return self._decoded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{self._decoded()!r}"
 
 
 class CleanHeaders(NamedTuple):
@@ -158,4 +187,4 @@ def clean_headers(
         else:
             folded[name] = old + b", " + value
     items = list(folded.items())
-    return CleanHeaders(items, {n.decode("latin-1"): v.decode("latin-1") for n, v in items})
+    return CleanHeaders(items, _DecodedHeaders(items))

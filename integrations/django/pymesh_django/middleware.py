@@ -79,7 +79,7 @@ class MeshMiddleware:
         refusal = self.check(request, mesh, state)
         if refusal is not None:
             return refusal
-        return self.get_response(request)
+        return _with_headers(self.get_response(request), request)
 
     async def __acall__(self, request: Any) -> Any:
         """Serve one request under ASGI."""
@@ -91,7 +91,7 @@ class MeshMiddleware:
         if refusal is not None:
             return refusal
         response: Awaitable[Any] = self.get_response(request)
-        return await response
+        return _with_headers(await response, request)
 
     def check(self, request: Any, mesh: Mesh, state: ProcessMesh) -> Any:
         """Decide `request`: the response refusing it, or None after preparing it for the
@@ -122,14 +122,28 @@ class MeshMiddleware:
             response = _text(verdict.status or 403, verdict.body)
             if verdict.location:
                 response["Location"] = verdict.location
+            for name, value in verdict.response_headers:  # a CORS preflight answer
+                response[name] = value
             return response
         if not _prepare(request, verdict, asgi=scope is not None):
             return _text(404, b"not found")
         request.mesh_peer = _peer(verdict.peer)
+        request.mesh_response_headers = verdict.response_headers  # CORS, added to the response
         return None
 
     def __repr__(self) -> str:
         return f"pymesh_django.MeshMiddleware({process_mesh()!r})"
+
+
+def _with_headers(response: Any, request: Any) -> Any:
+    """Add the headers the inbound policy asked for (CORS) to the app's response; `vary` is
+    added to, the others replace what the app set."""
+    for name, value in getattr(request, "mesh_response_headers", ()):
+        if name.lower() == "vary" and response.has_header("Vary"):
+            response["Vary"] = f"{response['Vary']}, {value}"
+        else:
+            response[name] = value
+    return response
 
 
 def _prepare(request: Any, verdict: InboundVerdict, *, asgi: bool) -> bool:
