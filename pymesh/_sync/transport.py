@@ -271,6 +271,14 @@ class EndpointSender:
         pool = self._pool
         scheme = b"http"
         extensions = request.extensions
+        settings = call.cluster.spec.connection_pool
+        if settings is not None and settings.connect_timeout:
+            # DestinationRule connectionPool.tcp.connectTimeout bounds httpcore's connect too
+            timeouts = dict(extensions.get("timeout") or {})
+            current = timeouts.get("connect")
+            if current is None or settings.connect_timeout < current:
+                timeouts["connect"] = settings.connect_timeout
+            extensions = {**extensions, "timeout": timeouts}
         if plan is not None:
             pool = self._pool_for(plan.mode)
             pool._ssl_context = plan.context  # used for the connections it opens from now on
