@@ -12,14 +12,15 @@ comes from `X-Forwarded-Client-Cert` set by `pymesh-proxy`, trusted only with a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pymesh._sync.transport import SyncRecordedStream
 from pymesh.asgi import peer_from_xfcc
 from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
 from pymesh.telemetry.context import CURRENT, collect
-from pymesh.telemetry.hub import CallRecord, attach_span, detach_span, refusal_flag
+from pymesh.telemetry.hub import attach_span, detach_span, refusal_flag
 from pymesh.xfcc import XfccSigner
 
 if TYPE_CHECKING:
@@ -219,7 +220,8 @@ class MeshMiddleware:
         finally:
             detach_span(attached)
             CURRENT.reset(token)
-        return _RecordedBody(result, rec, tel)
+        # the same byte counting and record finishing as a meshed sync response body
+        return SyncRecordedStream(result, rec, tel)
 
     def _refuse(
         self,
@@ -246,34 +248,6 @@ class MeshMiddleware:
 
     def __repr__(self) -> str:
         return f"MeshMiddleware({self.app!r})"
-
-
-class _RecordedBody:
-    """The app's response iterable, counting bytes; the record finishes on `close()`."""
-
-    def __init__(self, body: Iterable[bytes], rec: CallRecord, tel: MeshTelemetry) -> None:
-        self._body = body
-        self._rec: CallRecord | None = rec
-        self._tel = tel
-
-    def __iter__(self) -> Iterator[bytes]:
-        rec = self._rec
-        for chunk in self._body:
-            if rec is not None:
-                rec.bytes_out += len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        """Close the app's iterable (PEP 3333) and finish the record."""
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            rec = self._rec
-            if rec is not None:
-                self._rec = None
-                self._tel.finish(rec)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 307: "Temporary Redirect"}
