@@ -50,6 +50,10 @@ _FOR: dict[type[errors.CallError], type[errors.CallError]] = {
     errors.UpstreamConnectError: HttpxUpstreamConnectError,
     errors.CircuitOpenError: HttpxCircuitOpenError,
 }
+# Users see the pymesh name (`RetriesExhaustedError: ...`), which is also the class they catch;
+# the httpx twin is an implementation detail of this module.
+for _core, _twin in _FOR.items():
+    _twin.__name__ = _twin.__qualname__ = _core.__name__
 
 
 def to_httpx(exc: errors.CallError, request: httpx.Request) -> Exception:
