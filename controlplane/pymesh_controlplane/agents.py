@@ -85,6 +85,7 @@ class AgentStatus:
     nack_digest: str = ""
     nack_error: str | None = None
     last_heartbeat: float | None = None
+    certificate_not_after: float | None = None  # reported by heartbeats (UNIX time)
     edges: dict[str, tuple[EdgeSample | None, EdgeSample]] = field(default_factory=dict)
 
     def to_dict(self, now: float) -> dict[str, Any]:
@@ -112,6 +113,9 @@ class AgentStatus:
             "synced": bool(self.sent_digest) and self.acked_digest == self.sent_digest,
             "lastHeartbeatSecondsAgo": ago(self.last_heartbeat),
             "lastSeenSecondsAgo": ago(self.last_seen),
+            "certificate": None
+            if self.certificate_not_after is None
+            else {"notAfter": self.certificate_not_after},
         }
 
 

@@ -134,6 +134,8 @@ class HeartbeatIn(_Model):
 
     agent: str = Field(pattern=AGENT_ID)
     stats: list[EdgeIn] = Field(default_factory=list, max_length=1000)
+    # the agent's current certificate's notAfter (UNIX time), for `pymeshctl status`
+    certificate_not_after: float | None = Field(default=None, ge=0, le=2**40)
 
 
 class HeartbeatOut(_Model):
@@ -260,11 +262,14 @@ class _WatchStream(Response):
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, cp: ControlPlane, sub: Subscription, first: bytes) -> None:
+    def __init__(
+        self, cp: ControlPlane, sub: Subscription, first: bytes, encoding: str = ""
+    ) -> None:
         super().__init__(media_type=self.media_type)
         self.cp = cp
         self.sub = sub
         self.first = first
+        self.encoding = encoding
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub, sub = self.cp.hub, self.sub
@@ -288,7 +293,9 @@ class _WatchStream(Response):
                         snap = await sub.next(hub.ping_interval)
                     except hub.Closed:
                         return
-                    data = snap.message if snap is not None else hub.ping_message()
+                    data = (
+                        snap.message_for(self.encoding) if snap is not None else hub.ping_message()
+                    )
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if snap is not None:
                         self.cp.agents.sent(sub.agent, snap.revision, snap.digest)
@@ -738,6 +745,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
             for e in body.stats
         ]
         ttl, interval = await cp.registry.heartbeat(workload, body.agent, edges)
+        if body.certificate_not_after is not None:
+            cp.agents.touch(body.agent).certificate_not_after = body.certificate_not_after
         return HeartbeatOut(ttl_seconds=ttl, heartbeat_seconds=interval)
 
     @app.delete(
@@ -830,18 +839,25 @@ def create_app(cp: ControlPlane) -> FastAPI:
         workload: Annotated[str | None, Query(max_length=128)] = None,
         service: Annotated[str, Query(max_length=63)] = "",
         digest: Annotated[str, Query(max_length=128)] = "",
+        encoding: Annotated[str, Query(pattern="^(|zlib)$")] = "",
     ) -> Response:
         """One line of JSON per message: the snapshot of the agent's view at once (or
         `{"type":"current"}` when `digest` is the one it holds), then every new snapshot,
         and `{"type":"ping"}` when idle. The view comes from `workload` (registered) or
-        `namespace` + `labels` (`app=reviews,version=v1`)."""
+        `namespace` + `labels` (`app=reviews,version=v1`). With `encoding=zlib` a snapshot
+        carries `"encoding":"zlib","data":<base64 of the zlib-compressed documents>` instead of
+        `resources` (compressed once per version, shared by every agent)."""
         ns, lab, svc = _who(p, namespace, labels, workload)
         sub = cp.hub.subscribe(agent, ns, lab, service=service or svc, workload=workload or "")
         snap = cp.hub.snapshot(ns, lab)
         sub.sent = snap
-        first = snap.current_message() if digest and digest == snap.digest else snap.message
+        first = (
+            snap.current_message()
+            if digest and digest == snap.digest
+            else snap.message_for(encoding)
+        )
         cp.agents.sent(agent, snap.revision, snap.digest)
-        return _WatchStream(cp, sub, first)
+        return _WatchStream(cp, sub, first, encoding)
 
     @app.get("/v1/snapshot", tags=["watch"], summary="One snapshot (no stream)")
     async def snapshot(

@@ -21,9 +21,11 @@ How this works:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,13 @@ class Snapshot:
     digest: str
     count: int
     message: bytes  # the NDJSON line: {"type":"snapshot",...}\n
+    # the same line with the documents zlib-compressed and base64'd ("encoding":"zlib",
+    # "data":...): 20x smaller, made once per version and shared by every agent that asks
+    compressed: bytes = b""
+
+    def message_for(self, encoding: str) -> bytes:
+        """The line for an agent that asked for `encoding` ("" or "zlib")."""
+        return self.compressed if encoding == "zlib" and self.compressed else self.message
 
     def current_message(self) -> bytes:
         """The line that tells an agent it already holds this snapshot."""
@@ -71,7 +80,9 @@ def encode_snapshot(view: View, revision: int, docs: list[dict[str, Any]]) -> Sn
         {"type": "snapshot", "revision": revision, "digest": digest, "view": view.to_dict()}
     )
     message = head[:-2] + b',"resources":' + body + b"}\n"
-    return Snapshot(view, revision, digest, len(docs), message)
+    data = base64.b64encode(zlib.compress(body, 1))
+    compressed = head[:-2] + b',"encoding":"zlib","data":"' + data + b'"}\n'
+    return Snapshot(view, revision, digest, len(docs), message, compressed)
 
 
 class _Closed(Exception):

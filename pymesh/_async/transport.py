@@ -418,10 +418,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             replayable=isinstance(request.stream, httpx.ByteStream),
             decision=Decision(snapshot.version, host),
         )
+        stats = stack.runtime.edge_stats
+        start = _monotonic()
         try:
             outcome = await stack.handle(call)
         except CallError as exc:
+            stats.record(host, True, _monotonic() - start)
             raise to_httpx(exc, request) from exc.__cause__
+        stats.record(host, (outcome.status or 0) >= 500, _monotonic() - start)
         return self._response(call, outcome)
 
     async def _recorded(
@@ -461,9 +465,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             decision=decision,
             deadline=ctx.deadline if ctx is not None else _INF,
         )
+        stats = stack.runtime.edge_stats
+        start = _monotonic()
         try:
             outcome = await stack.handle(call)
         except CallError as exc:
+            stats.record(host, True, _monotonic() - start)
             rec.endpoint = call.endpoint
             tel.finish(rec)
             raise to_httpx(exc, request) from exc.__cause__
@@ -472,6 +479,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             rec.reason = "cancelled or failed in the client"
             tel.finish(rec)
             raise
+        stats.record(host, (outcome.status or 0) >= 500, _monotonic() - start)
         rec.endpoint = outcome.endpoint or call.endpoint
         response = self._response(call, outcome)
         rec.status = response.status_code

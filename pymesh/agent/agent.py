@@ -20,8 +20,8 @@ How this works:
   `Mesh.register` any other) are registered — idempotent by address and ports, so pre-fork
   workers join one entry — and heartbeated at the interval the control plane asks for; a
   heartbeat answered `not_registered` (the lease expired) registers again. A client-only
-  workload registers nothing and watches by namespace and labels. Heartbeats carry no edge
-  statistics yet (`stats: []`).
+  workload registers nothing and watches by namespace and labels. Heartbeats carry the
+  workload's edge statistics (`Runtime.edge_stats`: calls, errors, latency per destination).
 - **Renewal**: `WorkloadIdentity` renews on its own thread; its signer runs the CSR request on
   the agent's loop, authenticated by the current SVID.
 - **Back-off**: the control plane away never fails a request: the mesh keeps serving on the
@@ -34,6 +34,7 @@ How this works:
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -43,6 +44,7 @@ import secrets
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,6 +414,14 @@ class Agent:
 
     # -- watch --------------------------------------------------------------------------------
 
+    def _heartbeat_body(self) -> dict[str, object]:
+        """Edge statistics and the certificate's expiry, for the dashboard, `top`, `status`."""
+        body: dict[str, object] = {"agent": self.id, "stats": self.mesh.runtime.edge_stats.rows()}
+        identity = self.mesh.identity
+        if identity is not None:
+            body["certificateNotAfter"] = identity.svid.not_after
+        return body
+
     async def _watch_loop(self) -> None:
         while True:
             try:
@@ -431,6 +441,7 @@ class Agent:
             "namespace": mesh.namespace,
             "service": mesh.service,
             "labels": ",".join(f"{k}={v}" for k, v in labels.items()),
+            "encoding": "zlib",  # the snapshot compressed once per version by the CP
         }
         if self.workload:
             params["workload"] = self.workload
@@ -480,7 +491,10 @@ class Agent:
         rev = int(msg.get("revision", 0))
         digest = str(msg.get("digest", ""))
         try:
-            resources = msg["resources"]
+            if msg.get("encoding") == "zlib":  # documents compressed once per version by the CP
+                resources = json.loads(zlib.decompress(base64.b64decode(msg["data"])))
+            else:
+                resources = msg["resources"]
             text = "\n---\n".join(json.dumps(doc) for doc in resources)
             config = load_text(text, f"snapshot-r{rev}.json", default_namespace=self.mesh.namespace)
             self.mesh.update(config)
@@ -627,7 +641,7 @@ class Agent:
             await self.cp.request(
                 "POST",
                 f"/v1/workloads/{reg.workload}/heartbeat",
-                json={"agent": self.id, "stats": []},
+                json=self._heartbeat_body(),
             )
         except ControlPlaneError as exc:
             if exc.status != 404:

@@ -54,8 +54,12 @@ def test_apply_moves_a_running_client_within_a_second(kit: Kit) -> None:
             took = eventually(lambda s=subset: backend_of(client) == s, timeout=3.0)  # type: ignore[misc]
             assert took < 1.0
     agent = front.agent
-    status = kit.agents()[agent.id]
-    assert status["synced"] and status["acked"]["revision"] == agent.revision
+
+    def synced() -> bool:  # the ACK is its own POST, after the snapshot is applied
+        status = kit.agents()[agent.id]
+        return bool(status["synced"]) and status["acked"]["revision"] == agent.revision
+
+    eventually(synced)
     assert agent.source == "control-plane" and agent.nacks == 0
     # key, certificate and snapshot kept owner-only in the data dir
     data = agent.settings.data_dir
@@ -208,3 +212,29 @@ def test_a_snapshot_the_agent_cannot_load_is_nacked(
         assert {backend_of(client) for _ in range(10)} == {"v1"}  # the previous one serves
         kit.apply(to("v2"))  # a good one is taken again
         eventually(lambda: backend_of(client) == "v2")
+
+
+def test_heartbeats_carry_edge_statistics_for_top(kit: Kit) -> None:
+    """A serving workload's heartbeats report its outbound calls per destination: what the
+    control plane's `/v1/stats` (and `pymeshctl top`) show."""
+    kit.apply(SE, destination_rule(subsets=["v1"]), to("v1"))
+    reviews(kit, "v1")
+    front = kit.mesh("productpage")
+    kit.serve(front, Backend("productpage"))  # serving: registered, so it heartbeats
+    with front.http_client() as client:
+
+        def reported() -> bool:
+            assert backend_of(client) == "v1"  # keep traffic flowing across heartbeats
+            with kit.admin() as c:
+                edges = c.get("/v1/stats").json()["edges"]
+            return any(
+                e["source"]["service"] == "productpage"
+                and "reviews" in e["destination"]
+                and e["requests"] > 0
+                for e in edges
+            )
+
+        eventually(reported, timeout=5.0, every=0.05)
+    # and the certificate's expiry, for `pymeshctl status`
+    status = kit.agents()[front.agent.id]
+    assert status["certificate"]["notAfter"] > time.time()
