@@ -32,6 +32,7 @@ pytest: venv
 	exit $$rc
 
 test: venv
+	@bash scripts/install-test-deps.sh
 	@$(MAKE) --no-print-directory lint typecheck pytest
 
 fmt: venv
