@@ -14,15 +14,20 @@ authenticated hop (a Unix socket, or a valid HMAC from `XfccSigner`), otherwise 
 from __future__ import annotations
 
 import logging
+import ssl
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from pymesh.errors import MeshError
+from pymesh.identity import verify_peer
 from pymesh.inbound import InboundPolicy, InboundRequest, InboundVerdict, Transport
 from pymesh.telemetry.context import CURRENT, collect
 from pymesh.telemetry.hub import attach_span, detach_span, refusal_flag
 from pymesh.xfcc import MAC_HEADER, XFCC_HEADER, XfccError, XfccSigner, peer_uri
 
 if TYPE_CHECKING:
+    from pymesh.identity import WorkloadIdentity
     from pymesh.mesh import Mesh
     from pymesh.telemetry.hub import MeshTelemetry
 
@@ -57,12 +62,49 @@ def peer_from_xfcc(
         return None
 
 
-def _transport_and_peer(scope: Scope, signer: XfccSigner | None) -> tuple[Transport, str | None]:
+ChainVerifier = Callable[[tuple[str, ...]], "str | None"]
+
+
+class SpiffeChainVerifier:
+    """The SPIFFE checks on a client certificate chain that another ASGI server put in the TLS
+    extension (`client_cert_chain`, PEM, leaf first): the mesh's trust bundle, now. Results are
+    kept per chain (bounded), so a connection's requests pay for it once."""
+
+    def __init__(self, identity: WorkloadIdentity) -> None:
+        self.identity = identity
+        self._seen: dict[tuple[str, ...], str | None] = {}
+
+    def __call__(self, chain: tuple[str, ...]) -> str | None:
+        """The verified SPIFFE ID, or None when the chain fails the checks."""
+        try:
+            return self._seen[chain]
+        except KeyError:
+            pass
+        try:
+            der = [ssl.PEM_cert_to_DER_cert(pem) for pem in chain]
+            got: str | None = verify_peer(
+                der, self.identity.bundle, now=time.time(), peer_role="client"
+            ).uri
+        except (MeshError, ValueError) as exc:
+            log.warning("client certificate refused: %s", exc)
+            got = None
+        if len(self._seen) >= 1024:
+            self._seen.clear()
+        self._seen[chain] = got
+        return got
+
+
+def _transport_and_peer(
+    scope: Scope, signer: XfccSigner | None, verify_chain: ChainVerifier | None = None
+) -> tuple[Transport, str | None]:
     tls = scope.get("extensions", {}).get("tls")
     if tls is not None:
         peer = tls.get("pymesh.peer")
-        if peer is None and tls.get("client_cert_chain"):
-            return "tls", None  # a foreign server's TLS: no SPIFFE check ran, no identity
+        chain = tls.get("client_cert_chain")
+        if peer is None and chain:
+            # another server's TLS extension: its TLS verified the chain (if it asked); the
+            # SPIFFE rules are checked here, against the mesh's trust bundle
+            peer = verify_chain(tuple(chain)) if verify_chain is not None else None
         return ("mtls", peer) if peer else ("tls", None)
     server = scope.get("server")
     # uvicorn reports a Unix socket as (path, None); a TCP server that omits its port (some
@@ -74,11 +116,15 @@ def _transport_and_peer(scope: Scope, signer: XfccSigner | None) -> tuple[Transp
     return ("tls" if scope.get("scheme") in ("https", "wss") else "plaintext"), None
 
 
-def inbound_request(scope: Scope, xfcc_signer: XfccSigner | None = None) -> InboundRequest:
+def inbound_request(
+    scope: Scope,
+    xfcc_signer: XfccSigner | None = None,
+    verify_chain: ChainVerifier | None = None,
+) -> InboundRequest:
     """The `InboundRequest` for an ASGI http/websocket scope: the raw target, the headers as
     received, and the transport and identity (ASGI TLS extension, or XFCC over an
     authenticated hop). Shared by `MeshMiddleware` and the framework integrations."""
-    transport, peer = _transport_and_peer(scope, xfcc_signer)
+    transport, peer = _transport_and_peer(scope, xfcc_signer, verify_chain)
     server = scope.get("server") or ("", None)
     client = scope.get("client") or ("", 0)
     raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -144,6 +190,9 @@ class MeshMiddleware:
         self.mesh = mesh
         self._policy = policy
         self.xfcc_signer = xfcc_signer
+        identity = mesh.identity if mesh is not None else None
+        # for servers other than Mesh.server that fill the TLS extension with the client chain
+        self._verify_chain = SpiffeChainVerifier(identity) if identity is not None else None
 
     def policy(self) -> InboundPolicy:
         """The inbound policy for the mesh's current snapshot."""
@@ -162,7 +211,7 @@ class MeshMiddleware:
         if tel is not None and kind == "http":
             await self._recorded(tel, scope, receive, send)
             return
-        request = inbound_request(scope, self.xfcc_signer)
+        request = inbound_request(scope, self.xfcc_signer, self._verify_chain)
         verdict = self.policy().check(request)
         if not verdict.served:
             if verdict.refused:
@@ -197,7 +246,7 @@ class MeshMiddleware:
         """`__call__` with telemetry on: the request's trace context and deadline are current
         while the app runs (outbound meshed calls continue them), status and body bytes are
         read off `send`, and a refusal is recorded with its flag and reason."""
-        request = inbound_request(scope, self.xfcc_signer)
+        request = inbound_request(scope, self.xfcc_signer, self._verify_chain)
         got = collect(request.headers)
         target = request.target.partition(b"?")[0].decode("latin-1")
         authority = ""
