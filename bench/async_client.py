@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import http_client
 import httpx
 from _common import (
     BenchError,
@@ -52,55 +53,9 @@ GOAL_VS_AIOHTTP_32 = 0.5
 GOAL_VS_HTTPX_32 = 10.0
 GOAL_VS_HTTPX_1 = 1.0
 
-# The same mesh as the sync client's benchmark: a header-match route, then the default route
-# with retries and a timeout; LEAST_REQUEST with outlier detection; subset v1.
-MESH_YAML = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: bench
-  namespace: default
-spec:
-  hosts: [bench.default.svc.cluster.local]
-  ports:
-    - {{number: 80, name: http}}
-  resolution: STATIC
-  endpoints:
-    - address: 127.0.0.1
-      ports: {{http: {port}}}
-      labels: {{version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: bench
-  namespace: default
-spec:
-  host: bench.default.svc.cluster.local
-  trafficPolicy:
-    loadBalancer: {{simple: LEAST_REQUEST}}
-    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}}
-  subsets:
-    - {{name: v1, labels: {{version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: bench
-  namespace: default
-spec:
-  hosts: [bench.default.svc.cluster.local]
-  http:
-    - match:
-        - headers:
-            x-user: {{exact: test}}
-      route:
-        - destination: {{host: bench.default.svc.cluster.local, subset: v1}}
-    - route:
-        - destination: {{host: bench.default.svc.cluster.local, subset: v1}}
-      retries: {{attempts: 2, perTryTimeout: 1s, retryOn: "connect-failure,refused-stream,5xx"}}
-      timeout: 5s
-"""
+# The same mesh as the sync client's benchmark (one definition): a header-match route, then
+# the default route with retries and a timeout; LEAST_REQUEST with outlier detection; subset v1.
+MESH_YAML = http_client.MESH_YAML
 
 Get = Callable[[], Awaitable[int]]
 CLIENTS = ("mesh", "httpx", "aiohttp")
