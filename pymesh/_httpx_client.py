@@ -13,6 +13,11 @@ subclasses of `httpx.Client` / `httpx.AsyncClient` that behave exactly like them
 - URLs: httpx parses the URL string of every request (`httpx.URL(str)`, about 8 µs). The same
   few service URLs come back again and again, so the parse of a string is cached (`httpx.URL`
   is immutable; the cache is bounded; an invalid URL raises as before and is not cached).
+- garbage: httpx binds every response's stream to the response (`BoundSyncStream._response`,
+  to set `elapsed` on close), a reference cycle that takes the request, the response, their
+  headers and the mesh's decision record with it until the cyclic GC runs — about 25 objects
+  per request, 5 µs of collector time. Once `send` returns a closed response (every call that
+  is not `client.stream(...)`), the closed stream lets go of it, and all of it is freed at once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 from typing import Any
 
 import httpx
+from httpx._client import BoundAsyncStream, BoundSyncStream
 
 __all__ = ["LeanCookies", "MeshAsyncClient", "MeshClient"]
 
@@ -72,11 +78,31 @@ class _Lean:
         return merged
 
 
+def _unbind(response: httpx.Response) -> httpx.Response:
+    """Break httpx's response ↔ stream cycle once the response is closed (see the module
+    docstring); a response still open (streamed) keeps it until it is closed."""
+    stream = response.stream
+    if response.is_closed and type(stream) in _BOUND:
+        stream._response = None  # type: ignore[union-attr]
+    return response
+
+
+_BOUND = (BoundSyncStream, BoundAsyncStream)
+
+
 class MeshClient(_Lean, httpx.Client):
-    """`httpx.Client`, with cookie parsing skipped when there is no cookie and URL strings'
-    parses cached (see the module docstring)."""
+    """`httpx.Client`, with cookie parsing skipped when there is no cookie, URL strings'
+    parses cached and closed responses freed at once (see the module docstring)."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """Send `request` (as `httpx.Client.send`)."""
+        return _unbind(super().send(request, **kwargs))
 
 
 class MeshAsyncClient(_Lean, httpx.AsyncClient):
-    """`httpx.AsyncClient`, with cookie parsing skipped when there is no cookie and URL
-    strings' parses cached (see the module docstring)."""
+    """`httpx.AsyncClient`, with cookie parsing skipped when there is no cookie, URL strings'
+    parses cached and closed responses freed at once (see the module docstring)."""
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """Send `request` (as `httpx.AsyncClient.send`)."""
+        return _unbind(await super().send(request, **kwargs))

@@ -159,7 +159,9 @@ def _transform_request(call: Call, entry: RouteEntry, choice: DestinationChoice)
     levels = [ops for ops in (choice.request_ops, entry.request_ops) if ops is not None]
     authority = entry.authority or choice.authority
     if levels or authority:
-        headers = apply_header_ops(call.raw_headers(), levels)
+        # from what the edge already put together (telemetry's propagation headers), if any
+        base = call.send_headers if call.send_headers is not None else call.raw_headers()
+        headers = apply_header_ops(base, levels)
         if authority:
             headers = with_authority(headers, authority)
         call.send_headers = headers

@@ -19,6 +19,7 @@ started with. Async source; `pymesh/_sync/transport.py` is generated from it.
 
 from __future__ import annotations
 
+import operator
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,12 +38,14 @@ from pymesh.identity import refusal_from_ssl_error
 from pymesh.policy.header_ops import apply_header_ops
 from pymesh.policy.local import LocalReply
 from pymesh.runtime import EndpointState
+from pymesh.telemetry.context import PROPAGATED
 from pymesh.telemetry.hub import CallRecord, MeshTelemetry
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
 
 _INF = float("inf")
+_LOWER_NAME = operator.itemgetter(1)  # of httpx's (raw name, lower name, value) header triples
 DEFAULT_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 _monotonic = time.monotonic
 
@@ -401,6 +404,9 @@ class MeshTransport(httpx.BaseTransport):
             passthrough = self._passthrough
             if passthrough is None:
                 passthrough = self._passthrough = httpx.HTTPTransport(limits=self._limits)
+            tel = self._mesh.telemetry
+            if tel is not None:
+                return self._passed_recorded(tel, passthrough, request)
             return passthrough.handle_request(request)
         tel = self._mesh.telemetry
         if tel is not None:
@@ -443,14 +449,7 @@ class MeshTransport(httpx.BaseTransport):
         url = request.url
         headers = request.headers
         authority = headers.get("host", "")
-        rec = tel.outbound(request.method, authority, url.path)
-        tel.outbound_headers(rec, headers.__setitem__)
-        rec.request_id = headers.get("x-request-id")
-        length = headers.get("content-length")
-        if length is not None and length.isdigit():
-            rec.bytes_in = int(length)
-        ctx = rec.trace
-        decision = rec.decision = Decision(stack.snapshot.version, host)
+        decision = Decision(stack.snapshot.version, host)
         call = Call(
             direction="outbound",
             protocol="http",
@@ -464,8 +463,33 @@ class MeshTransport(httpx.BaseTransport):
             native=request,
             replayable=isinstance(request.stream, httpx.ByteStream),
             decision=decision,
-            deadline=ctx.deadline if ctx is not None else _INF,
         )
+        rec = tel.outbound(request.method, authority, call.path)
+        rec.decision = decision
+        rec.request_headers = headers
+        ctx = rec.trace
+        assert ctx is not None
+        call.deadline = call.attempt_deadline = ctx.deadline
+        # The propagation headers go straight into the raw header list the sender sends (the
+        # route tier's header operations start from it): httpx's `Headers.__setitem__` costs
+        # more than the rest of an unsampled call's telemetry. The caller's own copies of
+        # those headers are replaced. `_list` is httpx's (raw name, lower name, value) list.
+        pairs = tel.outbound_pairs(rec)
+        items = headers._list
+        if PROPAGATED.isdisjoint(map(_LOWER_NAME, items)):  # the usual case, checked in C
+            raw = [(name, value) for name, _, value in items]
+        else:
+            names = {name for name, _ in pairs}
+            raw = [(name, value) for name, lower, value in items if lower not in names]
+        raw += pairs
+        stream = request.stream
+        if type(stream) is httpx.ByteStream:
+            rec.bytes_in = len(stream._stream)  # the buffered body (httpx's attribute)
+        else:
+            length = headers.get("content-length")
+            if length is not None and length.isdigit():
+                rec.bytes_in = int(length)
+        call.send_headers = raw
         stats = stack.runtime.edge_stats
         start = _monotonic()
         try:
@@ -488,6 +512,31 @@ class MeshTransport(httpx.BaseTransport):
             rec.bytes_out = len(outcome.native.body)
             tel.finish(rec)
             return response
+        response.stream = SyncRecordedStream(response.stream, rec, tel)
+        return response
+
+    def _passed_recorded(
+        self, tel: MeshTelemetry, passthrough: httpx.BaseTransport, request: httpx.Request
+    ) -> httpx.Response:
+        """A call to a host outside the mesh with telemetry on: the trace context goes along
+        (as OpenTelemetry's httpx instrumentation would send it; no deadline and no workload
+        metadata leave the mesh), and the call is counted as Istio counts PassthroughCluster
+        traffic."""
+        headers = request.headers
+        rec = tel.outbound(request.method, headers.get("host", ""), request.url.path)
+        rec.request_headers = headers
+        tel.outbound_headers(rec, headers.__setitem__)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():
+            rec.bytes_in = int(length)
+        try:
+            response = passthrough.handle_request(request)
+        except BaseException as exc:
+            rec.flags = "UF" if isinstance(exc, httpx.TransportError) else ""
+            rec.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            tel.finish(rec)
+            raise
+        rec.status = response.status_code
         response.stream = SyncRecordedStream(response.stream, rec, tel)
         return response
 

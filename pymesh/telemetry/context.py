@@ -174,6 +174,22 @@ def parse_b3(headers: dict[str, str]) -> tuple[int, int, bool | None] | None:
     return trace_id, span_id, _b3_sampled(headers.get("x-b3-sampled"))
 
 
+# every header a meshed client may write for propagation (lower-case, raw)
+PROPAGATED = frozenset(
+    {
+        b"traceparent",
+        b"tracestate",
+        b"baggage",
+        b"b3",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"x-b3-sampled",
+        DEADLINE_HEADER.encode(),
+        PEER_HEADER.encode(),
+    }
+)
+
 _WANTED = frozenset(
     {
         "traceparent",
@@ -244,24 +260,30 @@ class Propagation:
                 return b3[0], b3[1], b3[2], "", baggage
         return None
 
-    def inject(self, ctx: TraceContext, set_header: Any) -> None:
-        """Write `ctx` as headers through `set_header(name, value)`."""
+    def pairs(self, ctx: TraceContext) -> list[tuple[bytes, bytes]]:
+        """`ctx` as raw (lower-case name, value) header pairs, every configured format."""
+        flag = b"01" if ctx.sampled else b"00"
+        out: list[tuple[bytes, bytes]] = []
         if self.tracecontext:
-            set_header("traceparent", ctx.traceparent())
+            out.append((b"traceparent", b"00-%032x-%016x-%s" % (ctx.trace_id, ctx.span_id, flag)))
             if ctx.tracestate:
-                set_header("tracestate", ctx.tracestate)
+                out.append((b"tracestate", ctx.tracestate.encode("latin-1")))
         if self.baggage and ctx.baggage:
-            set_header("baggage", ctx.baggage)
+            out.append((b"baggage", ctx.baggage.encode("latin-1")))
         if self.b3:
-            set_header(
-                "b3", f"{ctx.trace_id:032x}-{ctx.span_id:016x}-{'1' if ctx.sampled else '0'}"
-            )
+            out.append((b"b3", b"%032x-%016x-%s" % (ctx.trace_id, ctx.span_id, flag[1:])))
         if self.b3multi:
-            set_header("x-b3-traceid", f"{ctx.trace_id:032x}")
-            set_header("x-b3-spanid", f"{ctx.span_id:016x}")
+            out.append((b"x-b3-traceid", b"%032x" % ctx.trace_id))
+            out.append((b"x-b3-spanid", b"%016x" % ctx.span_id))
             if ctx.parent_id:
-                set_header("x-b3-parentspanid", f"{ctx.parent_id:016x}")
-            set_header("x-b3-sampled", "1" if ctx.sampled else "0")
+                out.append((b"x-b3-parentspanid", b"%016x" % ctx.parent_id))
+            out.append((b"x-b3-sampled", flag[1:]))
+        return out
+
+    def inject(self, ctx: TraceContext, set_header: Any) -> None:
+        """Write `ctx` as headers through `set_header(name, value)` (text)."""
+        for name, value in self.pairs(ctx):
+            set_header(name.decode("latin-1"), value.decode("latin-1"))
 
     def __repr__(self) -> str:
         on = [n for n in self.__slots__ if getattr(self, n)]

@@ -32,7 +32,7 @@ from pymesh.telemetry.context import (
     TraceContext,
     new_id,
 )
-from pymesh.telemetry.metrics import UNKNOWN, HealthCollector, IstioMetrics
+from pymesh.telemetry.metrics import UNKNOWN, HealthCollector, IstioMetrics, Series
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 access_logger = logging.getLogger("pymesh.access")
 _INF = float("inf")
+_rand = random.getrandbits  # ids need uniqueness, not secrecy (`or 1`: never zero)
+_DEADLINE_B = DEADLINE_HEADER.encode()
+_MAX_CACHED = 10_000  # series-cache entries per direction (label tuples are bounded anyway)
 _perf = time.perf_counter
 _monotonic = time.monotonic
 
@@ -63,6 +66,7 @@ class CallRecord:
         "peer",
         "peer_meta",
         "reason",
+        "request_headers",
         "request_id",
         "start",
         "status",
@@ -87,6 +91,7 @@ class CallRecord:
         self.peer: str | None = None  # the caller's principal (inbound)
         self.peer_meta = ""  # the caller's x-pymesh-peer (inbound)
         self.request_id: str | None = None
+        self.request_headers: Any = None  # the client request's headers: x-request-id, lazily
         self.trace: TraceContext | None = None
         self.endpoint: Any = None  # the EndpointState of the last attempt (outbound)
         self.mtls = False
@@ -119,7 +124,8 @@ class CallRecord:
             "upstream_cluster": (d.destination or None) if d is not None else None,
             "route_name": (d.route or None) if d is not None else None,
             "authority": self.authority,
-            "x_request_id": self.request_id,
+            "x_request_id": self.request_id
+            or (self.request_headers.get("x-request-id") if self.request_headers else None),
             "trace_id": self.trace.trace_id_hex if self.trace is not None else None,
             "downstream_peer_principal": self.peer,
             "reason": self.reason or (d.reason if d is not None else "") or None,
@@ -193,6 +199,11 @@ class MeshTelemetry:
         self.sampling = config.sampling
         self.propagation = Propagation(config.propagation)
         self._rng = random.Random()
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        self._otel_current = otel_context.get_current
+        self._otel_span = trace.get_current_span
         self._tracer: Any = None
         self._tracer_from = config.tracer_provider
         labels = mesh.labels
@@ -203,8 +214,10 @@ class MeshTelemetry:
         host = f"{mesh.service}.{mesh.namespace}.svc.cluster.local"
         self._self_dst = (*self._self, host, mesh.service, mesh.namespace)
         self.peer_header = f"{mesh.service};{mesh.namespace};{app};{version}"
-        self._dst_cache: dict[tuple[str, Any], tuple[str, ...]] = {}
-        self._src_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
+        self._peer_pair = (PEER_HEADER.encode(), self.peer_header.encode())
+        # the metric series of a finished call, by what its labels are made of (bounded)
+        self._out_series: dict[tuple[Any, ...], Series] = {}
+        self._in_series: dict[tuple[Any, ...], Series] = {}
 
     # -- tracing -----------------------------------------------------------------------------
     def tracer(self) -> Any:
@@ -228,7 +241,7 @@ class MeshTelemetry:
         if parent is not None:
             ctx = TraceContext(
                 parent.trace_id,
-                new_id(64),
+                _rand(64) or 1,
                 parent.span_id,
                 parent.sampled,
                 parent.tracestate,
@@ -238,16 +251,22 @@ class MeshTelemetry:
             if parent.span is not None:
                 ctx.span = parent.span  # parent span, replaced by the client span when sampled
             return ctx
-        from opentelemetry import trace
-
-        span_ctx = trace.get_current_span().get_span_context()
-        if span_ctx.is_valid:
-            ctx = TraceContext(
-                span_ctx.trace_id, new_id(64), span_ctx.span_id, span_ctx.trace_flags.sampled
-            )
-            ctx.span = trace.get_current_span()
-            return ctx
-        return TraceContext(new_id(128), new_id(64), 0, self._root_sampled())
+        otel = self._otel_current()
+        if otel:  # the app has an OTel context of its own (an empty one is falsy: no lookup)
+            span = self._otel_span(otel)
+            span_ctx = span.get_span_context()
+            if span_ctx.is_valid:
+                ctx = TraceContext(
+                    span_ctx.trace_id,
+                    _rand(64) or 1,
+                    span_ctx.span_id,
+                    span_ctx.trace_flags.sampled,
+                )
+                ctx.span = span
+                return ctx
+        share = self.sampling
+        sampled = share >= 1.0 or (share > 0.0 and self._rng.random() < share)
+        return TraceContext(_rand(128) or 1, _rand(64) or 1, 0, sampled)
 
     def inbound_context(self, got: dict[str, str] | None) -> TraceContext:
         """The trace context of a served request from its collected propagation headers."""
@@ -360,15 +379,24 @@ class MeshTelemetry:
             self.start_span(ctx, rec, "client")
         return rec
 
+    def outbound_pairs(self, rec: CallRecord) -> list[tuple[bytes, bytes]]:
+        """The propagation headers of a mesh call, as raw pairs: the trace context, the
+        remaining deadline, the workload metadata (Istio's metadata exchange)."""
+        ctx = rec.trace
+        assert ctx is not None
+        pairs = self.propagation.pairs(ctx)
+        if ctx.deadline != _INF:
+            remaining = max(0, int((ctx.deadline - _monotonic()) * 1000))
+            pairs.append((_DEADLINE_B, b"%d" % remaining))
+        pairs.append(self._peer_pair)
+        return pairs
+
     def outbound_headers(self, rec: CallRecord, set_header: Callable[[str, str], None]) -> None:
-        """Write the propagation headers (trace context, deadline, peer metadata)."""
+        """Write the trace context of a call leaving the mesh (a passthrough host): no deadline
+        and no workload metadata go to hosts outside the mesh."""
         ctx = rec.trace
         assert ctx is not None
         self.propagation.inject(ctx, set_header)
-        if ctx.deadline != _INF:
-            remaining = max(0, int((ctx.deadline - _monotonic()) * 1000))
-            set_header(DEADLINE_HEADER, str(remaining))
-        set_header(PEER_HEADER, self.peer_header)
 
     def inbound(
         self,
@@ -391,15 +419,27 @@ class MeshTelemetry:
         rec.duration = _perf() - rec.t0
         self.recent.append(rec)
         metrics = self.metrics
-        d = rec.decision
         if metrics is not None:
+            d = rec.decision
+            flags = d.response_flags if d is not None and d.flags else (rec.flags or "-")
             if rec.direction == "outbound":
-                labels = self._outbound_labels(rec)
-                if d is not None:
+                host = d.service if d is not None else rec.authority
+                key: tuple[Any, ...] = (host, rec.endpoint, rec.status, flags)
+                series = self._out_series.get(key)
+                if series is None:
+                    series = metrics.series(self._outbound_labels(rec, flags))
+                    if len(self._out_series) < _MAX_CACHED:
+                        self._out_series[key] = series
+                if d is not None and (d.flags or len(d.attempts) > 1):
                     self._health(metrics, d)
             else:
-                labels = self._inbound_labels(rec)
-            metrics.observe(labels, rec.duration * 1000, rec.bytes_in, rec.bytes_out)
+                key = (rec.peer, rec.peer_meta, rec.status, flags, rec.mtls)
+                series = self._in_series.get(key)
+                if series is None:
+                    series = metrics.series(self._inbound_labels(rec, flags))
+                    if len(self._in_series) < _MAX_CACHED:
+                        self._in_series[key] = series
+            metrics.observe(series, rec.duration * 1000, rec.bytes_in, rec.bytes_out)
         log = self._log
         if log is not None and (self._log_share >= 1.0 or self._rng.random() < self._log_share):
             log(json.dumps(rec.as_dict(), separators=(",", ":")))
@@ -410,8 +450,6 @@ class MeshTelemetry:
     def _health(self, metrics: IstioMetrics, d: Decision) -> None:
         flags = d.flags
         n = len(d.attempts)
-        if n <= 1 and not flags:
-            return
         service = d.service
         if n > 1:
             metrics.retries.labels(service).inc(n - 1)
@@ -423,46 +461,41 @@ class MeshTelemetry:
             else:
                 metrics.circuit_open.labels(service).inc()
 
-    def _outbound_labels(self, rec: CallRecord) -> tuple[str, ...]:
+    def _outbound_labels(self, rec: CallRecord, flags: str) -> tuple[str, ...]:
         d = rec.decision
-        host = d.service if d is not None else rec.authority
         ep = rec.endpoint
-        key = (host, ep)
-        dst = self._dst_cache.get(key)
-        if dst is None:
-            name, ns = _service_parts(host)
-            if ep is not None:
-                spec = ep.spec
-                app = spec.labels.get("app", name)
-                version = spec.labels.get("version", UNKNOWN)
-                workload = spec.service_account or app
-                principal = spec.identity if self.mesh.identity is not None else ""
-            else:
-                app, version, workload, principal = name, UNKNOWN, UNKNOWN, ""
-            dst = (workload, ns, principal or UNKNOWN, app, version, host, name, ns)
-            if len(self._dst_cache) < 10_000:
-                self._dst_cache[key] = dst
-        mtls = "mutual_tls" if dst[2] != UNKNOWN else "none"
         code = str(rec.status or 0)
-        return ("source", *self._self, *dst, "http", code, "", rec.response_flags, mtls)
+        if d is None:  # a passthrough call (a host outside the mesh), as Istio labels them
+            host = rec.authority.rpartition(":")[0] or rec.authority
+            dst = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, host, "PassthroughCluster", UNKNOWN)
+            return ("source", *self._self, *dst, "http", code, "", flags, "none")
+        host = d.service
+        name, ns = _service_parts(host)
+        if ep is not None:
+            spec = ep.spec
+            app = spec.labels.get("app", name)
+            version = spec.labels.get("version", UNKNOWN)
+            workload = spec.service_account or app
+            principal = spec.identity if self.mesh.identity is not None else ""
+        else:
+            app, version, workload, principal = name, UNKNOWN, UNKNOWN, ""
+        principal = principal or UNKNOWN
+        mtls = "mutual_tls" if principal != UNKNOWN else "none"
+        dst = (workload, ns, principal, app, version, host, name, ns)
+        return ("source", *self._self, *dst, "http", code, "", flags, mtls)
 
-    def _inbound_labels(self, rec: CallRecord) -> tuple[str, ...]:
-        key = (rec.peer, rec.peer_meta)
-        src = self._src_cache.get(key)
-        if src is None:
-            sa, ns = _principal_parts(rec.peer)
-            meta = rec.peer_meta.split(";") if rec.peer_meta else []
-            if len(meta) == 4:
-                workload, ns2, app, version = meta
-                ns = ns2 if ns == UNKNOWN else ns
-            else:
-                workload, app, version = sa, UNKNOWN, UNKNOWN
-            src = (workload, ns, rec.peer or UNKNOWN, app, version)
-            if len(self._src_cache) < 10_000:
-                self._src_cache[key] = src
+    def _inbound_labels(self, rec: CallRecord, flags: str) -> tuple[str, ...]:
+        sa, ns = _principal_parts(rec.peer)
+        meta = rec.peer_meta.split(";") if rec.peer_meta else []
+        if len(meta) == 4:
+            workload, ns2, app, version = meta
+            ns = ns2 if ns == UNKNOWN else ns
+        else:
+            workload, app, version = sa, UNKNOWN, UNKNOWN
+        src = (workload, ns, rec.peer or UNKNOWN, app, version)
         mtls = "mutual_tls" if rec.mtls else "none"
         code = str(rec.status or 0)
-        return ("destination", *src, *self._self_dst, "http", code, "", rec.response_flags, mtls)
+        return ("destination", *src, *self._self_dst, "http", code, "", flags, mtls)
 
     def explain(self, last: int = 10) -> list[dict[str, Any]]:
         """The records of the last `last` finished calls, oldest first."""

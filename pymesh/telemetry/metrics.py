@@ -2,8 +2,9 @@
 
 How this works: `IstioMetrics` defines Istio's metrics with Istio's names, types, buckets and
 labels (so Istio's Grafana dashboards and Kiali's queries read them unchanged). A finished call
-is counted by `observe(labels, ...)`; the label children of one label tuple are looked up once
-and cached in a dict, so a call costs a dict lookup plus four updates. Cardinality is bounded:
+is counted by `observe(series, ...)` into the `Series` of its label tuple (the edge caches the
+series per destination, endpoint, code and flags, so a call costs a dict lookup, a lock and a
+few additions); a collector renders the series at scrape time. Cardinality is bounded:
 past `max_series` label tuples, new tuples lose their principals and workload names
 ("unknown"), which keeps the count of series bounded by services × codes × flags.
 
@@ -18,12 +19,20 @@ multiprocess mode is not used.
 
 from __future__ import annotations
 
+import threading
 import time
+from bisect import bisect_left as _bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
@@ -51,62 +60,71 @@ LABELS = (
 )
 TCP_LABELS = tuple(n for n in LABELS if n not in ("response_code", "grpc_response_status"))
 
-# Istio's stats plugin buckets: milliseconds, and bytes (powers of ten up to 1e9)
-DURATION_BUCKETS = (
+# Envoy's default histogram buckets, which Istio's stats filter uses for all three request
+# histograms (milliseconds and bytes alike) unless `sidecar.istio.io/statsHistogramBuckets`
+# overrides them
+BUCKETS = (
     0.5,
-    1,
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10000,
-    30000,
-    60000,
-    300000,
-    600000,
-    1800000,
-    3600000,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    60000.0,
+    300000.0,
+    600000.0,
+    1800000.0,
+    3600000.0,
 )
-BYTES_BUCKETS = tuple(float(10**i) for i in range(10))
+DURATION_BUCKETS = BYTES_BUCKETS = BUCKETS
+_LE = (*(floatToGoString(b) for b in BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
 UNKNOWN = "unknown"
 
 
+class Series:
+    """The request metrics of one label tuple: the count, and per histogram the sum and the
+    per-bucket counts (not cumulative; the last slot is +Inf). Updated under the owner's lock."""
+
+    __slots__ = ("count", "dur", "dur_sum", "labels", "req", "req_sum", "resp", "resp_sum")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.count = 0
+        self.dur_sum = 0.0
+        self.req_sum = 0
+        self.resp_sum = 0
+        n = len(BUCKETS) + 1
+        self.dur = [0] * n
+        self.req = [0] * n
+        self.resp = [0] * n
+
+    def __repr__(self) -> str:
+        return f"Series(count={self.count}, labels={self.labels})"
+
+
 class IstioMetrics:
-    """Istio's request and TCP metrics in `registry`, with cached label children."""
+    """Istio's request and TCP metrics in `registry`.
+
+    The four request metrics (`istio_requests_total` and the three histograms) are kept here,
+    not in prometheus_client's `Counter` / `Histogram`, and rendered by a collector at scrape
+    time: prometheus_client takes a lock and walks the buckets per observation of each metric
+    (~1.5 µs for the four), which is half of the per-call budget telemetry has. One `Series` per
+    label tuple, one lock, three `bisect`s: a fraction of that. The exposition is the same."""
 
     def __init__(self, registry: CollectorRegistry, max_series: int = 2000) -> None:
         self.registry = registry
         self.max_series = max_series
-        self.requests = Counter(
-            "istio_requests_total", "Requests handled.", LABELS, registry=registry
-        )
-        self.duration = Histogram(
-            "istio_request_duration_milliseconds",
-            "Request duration in milliseconds.",
-            LABELS,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.request_bytes = Histogram(
-            "istio_request_bytes",
-            "HTTP request body size in bytes.",
-            LABELS,
-            buckets=BYTES_BUCKETS,
-            registry=registry,
-        )
-        self.response_bytes = Histogram(
-            "istio_response_bytes",
-            "HTTP response body size in bytes.",
-            LABELS,
-            buckets=BYTES_BUCKETS,
-            registry=registry,
-        )
+        self._series: dict[tuple[str, ...], Series] = {}
+        self._lock = threading.Lock()
+        registry.register(_RequestCollector(self))
         # TCP metrics: defined for the dashboards; fed by TCP proxying (pymesh-proxy)
         self.tcp_sent = Counter(
             "istio_tcp_sent_bytes_total", "TCP bytes sent.", TCP_LABELS, registry=registry
@@ -126,7 +144,6 @@ class IstioMetrics:
             TCP_LABELS,
             registry=registry,
         )
-        self._children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
         # mesh health, from decision records
         self.retries = Counter(
             "pymesh_retries_total",
@@ -153,36 +170,90 @@ class IstioMetrics:
             registry=registry,
         )
 
-    def children(self, labels: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
-        """The (requests, duration, request bytes, response bytes) children for `labels`."""
-        got = self._children.get(labels)
+    def series(self, labels: tuple[str, ...]) -> Series:
+        """The series of `labels` (made on first use; coarsened past `max_series`)."""
+        got = self._series.get(labels)
         if got is None:
-            if len(self._children) >= self.max_series:
-                labels = _coarse(labels)
-                got = self._children.get(labels)
-                if got is not None:
-                    return got
-            got = (
-                self.requests.labels(*labels),
-                self.duration.labels(*labels),
-                self.request_bytes.labels(*labels),
-                self.response_bytes.labels(*labels),
-            )
-            self._children[labels] = got
+            with self._lock:
+                if len(self._series) >= self.max_series and labels not in self._series:
+                    labels = _coarse(labels)
+                got = self._series.get(labels)
+                if got is None:
+                    got = self._series[labels] = Series(labels)
         return got
 
-    def observe(
-        self, labels: tuple[str, ...], duration_ms: float, bytes_in: int, bytes_out: int
-    ) -> None:
-        """Count one finished request."""
-        requests, duration, req_bytes, resp_bytes = self.children(labels)
-        requests.inc()
-        duration.observe(duration_ms)
-        req_bytes.observe(bytes_in)
-        resp_bytes.observe(bytes_out)
+    def observe(self, series: Series, duration_ms: float, bytes_in: int, bytes_out: int) -> None:
+        """Count one finished request in `series`."""
+        with self._lock:
+            series.count += 1
+            series.dur_sum += duration_ms
+            series.dur[_bisect(BUCKETS, duration_ms)] += 1
+            series.req_sum += bytes_in
+            series.req[_bisect(BUCKETS, bytes_in)] += 1
+            series.resp_sum += bytes_out
+            series.resp[_bisect(BUCKETS, bytes_out)] += 1
+
+    def snapshot(
+        self,
+    ) -> list[tuple[tuple[str, ...], int, float, list[int], int, list[int], int, list[int]]]:
+        """A consistent copy of every series (for the collector)."""
+        with self._lock:
+            return [
+                (s.labels, s.count, s.dur_sum, s.dur[:], s.req_sum, s.req[:], s.resp_sum, s.resp[:])
+                for s in self._series.values()
+            ]
 
     def __repr__(self) -> str:
-        return f"IstioMetrics(series={len(self._children)}, max_series={self.max_series})"
+        return f"IstioMetrics(series={len(self._series)}, max_series={self.max_series})"
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    out = []
+    total = 0
+    for le, n in zip(_LE, counts, strict=True):
+        total += n
+        out.append((le, float(total)))
+    return out
+
+
+class _RequestCollector:
+    """Renders `IstioMetrics`' request series as Prometheus families at scrape time."""
+
+    def __init__(self, metrics: IstioMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        """The families' names (for the registry's duplicate check), without samples."""
+        return self._families([])
+
+    def collect(self) -> list[Metric]:
+        """The request metrics as they are now."""
+        return self._families(self._metrics.snapshot())
+
+    @staticmethod
+    def _families(rows: list[Any]) -> list[Metric]:
+        requests = CounterMetricFamily("istio_requests", "Requests handled.", labels=LABELS)
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds.",
+            labels=LABELS,
+        )
+        req = HistogramMetricFamily(
+            "istio_request_bytes", "HTTP request body size in bytes.", labels=LABELS
+        )
+        resp = HistogramMetricFamily(
+            "istio_response_bytes", "HTTP response body size in bytes.", labels=LABELS
+        )
+        for labels, count, dur_sum, dur, req_sum, req_b, resp_sum, resp_b in rows:
+            values = list(labels)
+            requests.add_metric(values, count)
+            duration.add_metric(values, _cumulative(dur), dur_sum)
+            req.add_metric(values, _cumulative(req_b), req_sum)
+            resp.add_metric(values, _cumulative(resp_b), resp_sum)
+        return [requests, duration, req, resp]
+
+    def __repr__(self) -> str:
+        return f"_RequestCollector({self._metrics!r})"
 
 
 def _coarse(labels: tuple[str, ...]) -> tuple[str, ...]:
