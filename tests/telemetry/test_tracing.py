@@ -205,10 +205,14 @@ def test_unsampled_calls_make_no_spans_but_propagate(exporter: Any) -> None:
 
 def test_b3_interop_with_plain_opentelemetry(exporter: Any) -> None:
     """A meshed client speaking B3 (multi) calls a service instrumented by plain OTel
-    (opentelemetry-instrumentation-asgi with the B3 propagator): one trace; and a plain-OTel
-    caller's B3 single header continues in a meshed server."""
+    (opentelemetry-instrumentation-asgi with the B3 propagator): one trace; and a plain httpx
+    client instrumented by opentelemetry-instrumentation-httpx (B3 single propagator) calls a
+    meshed server reading B3 single: its span continues the caller's. OTel's global
+    propagator is set for each half and restored after it."""
     from opentelemetry import propagate
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.metrics import NoOpMeterProvider
     from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 
     from tests.e2e.meshkit import ServerThread
@@ -248,25 +252,37 @@ def test_b3_interop_with_plain_opentelemetry(exporter: Any) -> None:
     assert server[0].parent.span_id == client.context.span_id
     exp.clear()
 
-    # the other way: B3 single from a plain OTel span into a meshed server
-    tracer = provider.get_tracer("plain-client")
-    headers: dict[str, str] = {}
-    with tracer.start_as_current_span("caller") as caller:
-        B3SingleFormat().inject(headers)
+    # the other way: a plain httpx client instrumented by opentelemetry-instrumentation-httpx,
+    # with the B3 single propagator, calls a meshed server that reads B3 single
     server_mesh = pymesh.Mesh.from_yaml(
         "",
         service="s",
         telemetry=TelemetryConfig(sampling=0.0, tracer_provider=provider, propagation=("b3",)),
     )
     srv = server_mesh.server(plain).start()
+    propagate.set_global_textmap(B3SingleFormat())
+    plain_client = httpx.Client(timeout=10)
+    HTTPXClientInstrumentor().instrument_client(
+        plain_client, tracer_provider=provider, meter_provider=NoOpMeterProvider()
+    )
     try:
-        httpx.get(f"http://127.0.0.1:{srv.port}/", headers=headers)
+        r = plain_client.get(f"http://127.0.0.1:{srv.port}/b3")
+        assert r.text == "plain"
+        sent = r.request.headers.get("b3")
     finally:
+        HTTPXClientInstrumentor().uninstrument_client(plain_client)
+        plain_client.close()
+        propagate.set_global_textmap(saved)
         srv.stop()
-    (meshed,) = [s for s in exp.get_finished_spans() if s.kind == SpanKind.SERVER]
-    assert meshed.context.trace_id == caller.get_span_context().trace_id
+        server_mesh.close()
+    assert sent is not None and "traceparent" not in r.request.headers  # B3 single only
+    spans = exp.get_finished_spans()
+    (caller,) = [s for s in spans if s.kind == SpanKind.CLIENT]  # the instrumentation's span
+    (meshed,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert meshed.context.trace_id == caller.context.trace_id
     assert meshed.parent is not None
-    assert meshed.parent.span_id == caller.get_span_context().span_id
+    assert meshed.parent.span_id == caller.context.span_id
+    assert (meshed.attributes or {})["url.path"] == "/b3"
 
 
 def test_configure_sets_the_default_for_new_meshes() -> None:
