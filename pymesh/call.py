@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# the remaining deadline a meshed client sends to the next hop, in milliseconds
+DEADLINE_HEADER_RAW = b"x-pymesh-timeout-ms"
+_INF = float("inf")
+
 
 class Attempt:
     """One try of a call: which endpoint, what came back (status or failure), how long."""
@@ -142,6 +146,7 @@ class Call:
         "path",
         "peer",
         "port",
+        "propagate_deadline",
         "protocol",
         "query",
         "replayable",
@@ -204,6 +209,8 @@ class Call:
         self.send_target = target
         self.send_headers: list[tuple[bytes, bytes]] | None = None
         self.response_ops: Any = None
+        # telemetry on: each attempt tells the next hop how long it has left (`upstream_headers`)
+        self.propagate_deadline = False
 
     def header(self, name: str) -> str | None:
         """A request header by lower-case name; repeated headers joined by ','."""
@@ -217,6 +224,22 @@ class Call:
         if raw is not None:
             return list(raw)
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h.items()]
+
+    def upstream_headers(self, now: float) -> list[tuple[bytes, bytes]]:
+        """What a sender sends for this attempt: `send_headers` (else the native request's raw
+        headers), plus the attempt's remaining deadline in milliseconds when it has one and
+        telemetry propagates it — the route timeout, a per-try timeout or a deadline inherited
+        from the request being served, whichever ends first (Envoy's
+        `x-envoy-expected-rq-timeout-ms`, which is also written per attempt)."""
+        headers = self.send_headers
+        if headers is None:
+            headers = self.native.headers.raw
+        if self.propagate_deadline:
+            deadline = self.attempt_deadline
+            if deadline != _INF:
+                left = b"%d" % max(0, int((deadline - now) * 1000))
+                headers = [*headers, (DEADLINE_HEADER_RAW, left)]
+        return headers
 
     def __repr__(self) -> str:
         return f"Call({self.method} {self.scheme}://{self.authority}{self.path})"

@@ -269,7 +269,7 @@ class EndpointSender:
         request: httpx.Request = call.native
         # What goes upstream is `call.send_target` / `call.send_headers` (None: the request's
         # own headers): the route tier puts VirtualService rewrites and header operations there.
-        headers = call.send_headers if call.send_headers is not None else request.headers.raw
+        headers = call.upstream_headers(_monotonic())
         plan = self._tls.plan(call.cluster.spec, ep.spec) if self._tls is not None else None
         pool = self._pool
         scheme = b"http"
@@ -470,6 +470,7 @@ class MeshTransport(httpx.BaseTransport):
         ctx = rec.trace
         assert ctx is not None
         call.deadline = call.attempt_deadline = ctx.deadline
+        call.propagate_deadline = True
         # The propagation headers go straight into the raw header list the sender sends (the
         # route tier's header operations start from it): httpx's `Headers.__setitem__` costs
         # more than the rest of an unsampled call's telemetry. The caller's own copies of

@@ -370,13 +370,12 @@ class Http1Pool:
         deadline; the body stream is wrapped for the mesh."""
         ep = call.endpoint
         request: httpx.Request = call.native
-        headers = call.send_headers  # the route tier's rewrites (None: the request's own)
         response = await self.request(
             ep.address,
             ep.port,
             request.method,
             call.send_target,
-            request.headers.raw if headers is None else headers,
+            call.upstream_headers(_monotonic()),
             request,
             timeouts=request.extensions.get("timeout"),
             deadline=call.attempt_deadline,

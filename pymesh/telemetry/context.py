@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-DEADLINE_HEADER = "x-pymesh-timeout-ms"  # the remaining deadline, in milliseconds
+from pymesh.call import DEADLINE_HEADER_RAW
+
+DEADLINE_HEADER = DEADLINE_HEADER_RAW.decode()  # the remaining deadline, in milliseconds
 PEER_HEADER = "x-pymesh-peer"  # workload metadata exchange (Istio's x-envoy-peer-metadata)
 
 _rand = random.getrandbits  # ids need uniqueness, not secrecy

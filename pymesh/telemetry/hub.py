@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("pymesh.access")
 _INF = float("inf")
 _rand = random.getrandbits  # ids need uniqueness, not secrecy (`or 1`: never zero)
-_DEADLINE_B = DEADLINE_HEADER.encode()
 _MAX_CACHED = 10_000  # series-cache entries per direction (label tuples are bounded anyway)
 _perf = time.perf_counter
 _monotonic = time.monotonic
@@ -380,14 +379,12 @@ class MeshTelemetry:
         return rec
 
     def outbound_pairs(self, rec: CallRecord) -> list[tuple[bytes, bytes]]:
-        """The propagation headers of a mesh call, as raw pairs: the trace context, the
-        remaining deadline, the workload metadata (Istio's metadata exchange)."""
+        """The propagation headers of a mesh call, as raw pairs: the trace context and the
+        workload metadata (Istio's metadata exchange). The remaining deadline is written per
+        attempt by the sender (`Call.upstream_headers`), after the route's timeouts apply."""
         ctx = rec.trace
         assert ctx is not None
         pairs = self.propagation.pairs(ctx)
-        if ctx.deadline != _INF:
-            remaining = max(0, int((ctx.deadline - _monotonic()) * 1000))
-            pairs.append((_DEADLINE_B, b"%d" % remaining))
         pairs.append(self._peer_pair)
         return pairs
 

@@ -153,3 +153,43 @@ def test_context_reaches_wrapped_executors_and_propagating_threads() -> None:
         assert contextvars.Context().run(propagating(CURRENT.get)) is ctx
     finally:
         CURRENT.reset(token)
+
+
+@pytest.mark.parametrize(
+    ("propagate", "deadline", "attempt", "expected"),
+    [
+        (True, float("inf"), float("inf"), None),  # no deadline anywhere: no header
+        (True, 102.0, 102.0, b"2000"),  # the route timeout (or an inherited deadline)
+        (True, 102.0, 100.75, b"750"),  # a per-try timeout ends first: the attempt's
+        (True, 99.0, 99.0, b"0"),  # already past: 0, never negative
+        (False, 102.0, 102.0, None),  # telemetry off: headers untouched
+    ],
+)
+def test_each_attempt_sends_its_remaining_deadline(
+    propagate: bool, deadline: float, attempt: float, expected: bytes | None
+) -> None:
+    import httpx
+
+    from pymesh.call import Call, Decision
+
+    request = httpx.Request("GET", "http://reviews/x", headers={"x-a": "1"})
+    call = Call(
+        direction="outbound",
+        protocol="http",
+        scheme="http",
+        host="reviews",
+        port=80,
+        authority="reviews",
+        method="GET",
+        target=b"/x",
+        headers=request.headers,
+        native=request,
+        replayable=True,
+        decision=Decision("1", "reviews"),
+        deadline=deadline,
+    )
+    call.propagate_deadline = propagate
+    call.attempt_deadline = attempt
+    sent = dict(call.upstream_headers(now=100.0))
+    assert sent.get(b"x-a") == b"1"
+    assert sent.get(b"x-pymesh-timeout-ms") == expected
