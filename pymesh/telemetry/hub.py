@@ -46,6 +46,47 @@ _perf = time.perf_counter
 _monotonic = time.monotonic
 
 
+_OTEL: Any = None
+
+
+def _otel() -> Any:
+    """The OpenTelemetry API names spans need, imported once, on first use (a mesh with
+    telemetry off never imports OpenTelemetry)."""
+    global _OTEL
+    if _OTEL is None:
+        from types import SimpleNamespace
+
+        from opentelemetry import context, trace
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+        )
+        from opentelemetry.trace.span import TraceState
+
+        _OTEL = SimpleNamespace(
+            Context=context.Context,
+            get_current=context.get_current,
+            attach=context.attach,
+            detach=context.detach,
+            get_current_span=trace.get_current_span,
+            set_span_in_context=trace.set_span_in_context,
+            get_tracer_provider=trace.get_tracer_provider,
+            NonRecordingSpan=NonRecordingSpan,
+            SpanContext=SpanContext,
+            TraceState=TraceState,
+            SAMPLED=TraceFlags(TraceFlags.SAMPLED),
+            CLIENT=SpanKind.CLIENT,
+            SERVER=SpanKind.SERVER,
+            Status=Status,
+            ERROR=StatusCode.ERROR,
+        )
+    return _OTEL
+
+
 class CallRecord:
     """One finished (or finishing) call as telemetry sees it: what was asked, what came back,
     the decision record, the trace context, bytes and timing."""
@@ -198,11 +239,9 @@ class MeshTelemetry:
         self.sampling = config.sampling
         self.propagation = Propagation(config.propagation)
         self._rng = random.Random()
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
-
-        self._otel_current = otel_context.get_current
-        self._otel_span = trace.get_current_span
+        ot = _otel()
+        self._otel_current = ot.get_current
+        self._otel_span = ot.get_current_span
         self._tracer: Any = None
         self._tracer_from = config.tracer_provider
         labels = mesh.labels
@@ -223,9 +262,7 @@ class MeshTelemetry:
         """The OTel tracer (from `configure`'s provider, else the global one)."""
         t = self._tracer
         if t is None:
-            from opentelemetry import trace
-
-            provider = self._tracer_from or trace.get_tracer_provider()
+            provider = self._tracer_from or _otel().get_tracer_provider()
             t = self._tracer = provider.get_tracer("pymesh")
         return t
 
@@ -292,34 +329,28 @@ class MeshTelemetry:
 
     def start_span(self, ctx: TraceContext, rec: CallRecord, kind: str) -> None:
         """Start the OTel span of a sampled call; its span id becomes the context's."""
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-        from opentelemetry.trace.span import TraceState
-
+        ot = _otel()
         parent_span = ctx.span
         if parent_span is None or parent_span.get_span_context().trace_id != ctx.trace_id:
             if ctx.parent_id:
-                state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
-                parent_span = NonRecordingSpan(
-                    SpanContext(
+                state = ot.TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
+                parent_span = ot.NonRecordingSpan(
+                    ot.SpanContext(
                         ctx.trace_id,
                         ctx.parent_id,
                         is_remote=True,
-                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                        trace_flags=ot.SAMPLED,
                         trace_state=state,
                     )
                 )
             else:
                 parent_span = None
-        parent = trace.set_span_in_context(parent_span) if parent_span is not None else None
-        if parent is None:
-            from opentelemetry.context import Context
-
-            parent = Context()  # a root: not the app's current span
+        # a root gets an empty context: not the app's current span
+        parent = ot.set_span_in_context(parent_span) if parent_span is not None else ot.Context()
         span = self.tracer().start_span(
             rec.method,
             context=parent,
-            kind=SpanKind.CLIENT if kind == "client" else SpanKind.SERVER,
+            kind=ot.CLIENT if kind == "client" else ot.SERVER,
             start_time=int(rec.start * 1e9),
             attributes={"http.request.method": rec.method, "url.path": rec.path},
         )
@@ -331,8 +362,6 @@ class MeshTelemetry:
             ctx.sampled = sc.trace_flags.sampled
 
     def _end_span(self, rec: CallRecord, span: Any) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         attrs: dict[str, Any] = {
             "server.address": rec.authority.rpartition(":")[0] or rec.authority,
             "network.protocol.version": "1.1",
@@ -366,7 +395,8 @@ class MeshTelemetry:
             reason = rec.reason or (d.reason if d is not None else "")
             attrs_err = str(rec.status) if rec.status else rec.response_flags
             span.set_attribute("error.type", attrs_err)
-            span.set_status(Status(StatusCode.ERROR, reason or None))
+            ot = _otel()
+            span.set_status(ot.Status(ot.ERROR, reason or None))
         span.end(end_time=int((rec.start + rec.duration) * 1e9))
 
     # -- records -----------------------------------------------------------------------------
@@ -529,17 +559,14 @@ def attach_span(ctx: TraceContext | None) -> object | None:
     returns the token for `detach_span` (None when nothing was attached)."""
     if ctx is None or ctx.span is None:
         return None
-    from opentelemetry import context, trace
-
-    return context.attach(trace.set_span_in_context(ctx.span))
+    ot = _otel()
+    return ot.attach(ot.set_span_in_context(ctx.span))  # type: ignore[no-any-return]
 
 
 def detach_span(token: object | None) -> None:
     """Undo `attach_span`."""
     if token is not None:
-        from opentelemetry import context
-
-        context.detach(token)  # type: ignore[arg-type]
+        _otel().detach(token)
 
 
 def new_request_id() -> str:
