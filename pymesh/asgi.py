@@ -290,19 +290,26 @@ class MeshMiddleware:
         if verdict.response_headers:
             send = adding_headers(send, verdict.response_headers)
 
+        done = False  # the last body message was sent
+
         async def counting_receive() -> MutableMapping[str, Any]:
             msg = await receive()
             body = msg.get("body")
             if body:
                 rec.bytes_in += len(body)
+            elif msg["type"] == "http.disconnect" and not done:
+                rec.flags = "DC"  # Envoy's downstream connection termination
+                rec.reason = "the client disconnected before the response was complete"
             return msg
 
         async def recording_send(msg: MutableMapping[str, Any]) -> None:
+            nonlocal done
             kind = msg["type"]
             if kind == "http.response.start":
                 rec.status = msg["status"]
             elif kind == "http.response.body":
                 rec.bytes_out += len(msg.get("body", b""))
+                done = not msg.get("more_body", False)
             await send(msg)
 
         ctx = rec.trace

@@ -1,11 +1,14 @@
 """Telemetry end to end: Istio's metrics scraped over HTTP from running meshed services (both
 reporters), and an access-log line with the right Envoy flag and a human reason for every
-failure cause (NR, UH, UT, URX/UF, UO, FI, RBAC 403)."""
+failure cause (NR, UH, UT, URX/UF, UC, UO, FI, DI, DC, RBAC 403)."""
 
 from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -352,3 +355,87 @@ def test_telemetry_off_by_default_does_nothing() -> None:
     assert mesh.explain() == []
     with pytest.raises(RuntimeError, match="telemetry is off"):
         mesh.metrics_app()
+
+
+async def test_fault_delay_logs_di(sink: Lines, backends: Any) -> None:
+    (b,) = backends("v1")
+    fault = {"delay": {"fixedDelay": "0.05s", "percentage": {"value": 100}}}
+    mesh = meshed(
+        sink,
+        service_entry([endpoint(b)]),
+        virtual_service([{"route": [route_to()], "fault": fault}]),
+    )
+    r = await call(mesh)
+    assert isinstance(r, httpx.Response) and r.status_code == 200
+    (line,) = sink.lines
+    assert line["response_flags"] == "DI"
+    assert line["response_code"] == 200
+    assert line["duration"] >= 50
+
+
+@pytest.fixture
+def hanging_up() -> Iterator[int]:
+    """A loopback server that reads a request and closes the connection without answering."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    listener.close()
+
+
+async def test_upstream_hang_up_logs_uc(sink: Lines, hanging_up: int) -> None:
+    mesh = meshed(sink, service_entry([endpoint(hanging_up, "v1")]))
+    r = await call(mesh)
+    assert isinstance(r, Exception)
+    line = sink.lines[-1]
+    assert line["response_flags"] == "UC"  # a reset is not retried by default (Istio's retryOn)
+    assert line["response_code"] == 0
+    assert "upstream reset on 1 attempt" in line["reason"]
+    assert f"127.0.0.1:{hanging_up} → reset" in line["reason"]
+
+
+async def test_client_going_away_logs_dc(sink: Lines, servers: list[Any]) -> None:
+    async def waits_for_the_client(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the request body, then nothing until the client goes away
+
+    reviews = pymesh.Mesh.from_yaml(
+        "", service="reviews", telemetry=TelemetryConfig(access_log=sink)
+    )
+    srv = reviews.server(waits_for_the_client).start()
+    servers.append(srv)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET /slow HTTP/1.1\r\nhost: reviews\r\n\r\n")
+        time.sleep(0.2)
+    for _ in range(100):
+        if sink.lines:
+            break
+        await anyio.sleep(0.05)
+    (line,) = sink.lines
+    assert line["response_flags"] == "DC"
+    assert line["response_code"] == 0
+    assert line["reason"] == "the client disconnected before the response was complete"
