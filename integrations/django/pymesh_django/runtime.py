@@ -34,6 +34,7 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 from pymesh.errors import MeshError
 from pymesh.identity import CertificateAuthority
 from pymesh.mesh import Mesh
+from pymesh.telemetry import TelemetryConfig
 from pymesh.xfcc import XfccSigner
 
 log = logging.getLogger("pymesh.django")
@@ -53,6 +54,7 @@ _KEYS = frozenset(
         "xfcc_key_file",
         "trust_unix_socket",
         "ready_timeout",
+        "telemetry",
         "mesh",
     }
 )
@@ -80,6 +82,7 @@ class Options:
     xfcc_key_file: str | None = None
     trust_unix_socket: bool = False
     ready_timeout: float = DEFAULT_READY_TIMEOUT
+    telemetry: bool | TelemetryConfig | None = None
     mesh: Callable[[], Mesh] | None = field(default=None, repr=False)
 
     @classmethod
@@ -99,8 +102,8 @@ class Options:
         service = raw.get("service")
         if factory is None and not (isinstance(service, str) and service):
             raise _fail("'service' (the workload's service name) is required")
-        if factory is not None and {"service", "config", "ca"} & set(raw):
-            raise _fail("give either 'mesh' or 'service'/'config'/'ca', not both")
+        if factory is not None and {"service", "config", "ca", "telemetry"} & set(raw):
+            raise _fail("give either 'mesh' or 'service'/'config'/'ca'/'telemetry', not both")
         config = raw.get("config", ())
         if isinstance(config, str | os.PathLike):
             config = (config,)
@@ -119,6 +122,17 @@ class Options:
         timeout = raw.get("ready_timeout", DEFAULT_READY_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise _fail("'ready_timeout' must be a positive number of seconds")
+        telemetry = raw.get("telemetry")
+        if isinstance(telemetry, Mapping):
+            try:
+                telemetry = TelemetryConfig(**telemetry)
+            except TypeError as exc:
+                raise _fail(f"'telemetry': {exc}") from None
+        elif telemetry is not None and not isinstance(telemetry, bool | TelemetryConfig):
+            raise _fail(
+                "'telemetry' must be True, False, a dict of pymesh.telemetry.TelemetryConfig "
+                "fields, or a TelemetryConfig"
+            )
         return cls(
             service=service,
             namespace=str(raw.get("namespace", "default")),
@@ -130,6 +144,7 @@ class Options:
             xfcc_key_file=os.fspath(key_file) if key_file is not None else None,
             trust_unix_socket=bool(raw.get("trust_unix_socket", False)),
             ready_timeout=float(timeout),
+            telemetry=telemetry,
             mesh=factory,
         )
 
@@ -149,6 +164,7 @@ class Options:
             labels=self.labels,
             ca=self.ca,
             trust_domain=self.trust_domain,
+            telemetry=self.telemetry,
         )
 
     def xfcc_signer(self) -> XfccSigner | None:
