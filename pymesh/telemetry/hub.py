@@ -362,10 +362,19 @@ class MeshTelemetry:
             ctx.sampled = sc.trace_flags.sampled
 
     def _end_span(self, rec: CallRecord, span: Any) -> None:
+        host, _, port = rec.authority.rpartition(":")
+        if not host or not port.isdigit():
+            host, port = rec.authority, ""
+        scheme = "https" if rec.mtls else "http"
         attrs: dict[str, Any] = {
-            "server.address": rec.authority.rpartition(":")[0] or rec.authority,
+            "server.address": host,
             "network.protocol.version": "1.1",
+            "url.scheme": scheme,
         }
+        if port:
+            attrs["server.port"] = int(port)
+        if rec.direction == "outbound":
+            attrs["url.full"] = f"{scheme}://{rec.authority}{rec.path}"
         if rec.status:
             attrs["http.response.status_code"] = rec.status
         d = rec.decision

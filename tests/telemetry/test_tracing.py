@@ -165,6 +165,11 @@ def test_connected_trace_across_asgi_wsgi_asgi_tasks_and_threads(exporter: Any) 
     assert attrs["pymesh.attempts"] == 1
     assert attrs["pymesh.response_flags"] == "-"
     assert str(attrs["pymesh.endpoint"]).startswith("127.0.0.1:")
+    # OpenTelemetry's HTTP client attributes, as the caller addressed the service
+    assert attrs["http.request.method"] == a_clients[0].name == "GET"
+    assert attrs["server.address"] == "bservice" and attrs["server.port"] == 9080
+    assert str(attrs["url.full"]).startswith("http://bservice:9080/")
+    assert attrs["network.protocol.version"] == "1.1"
     # the deadline came along: 5 s at A, less by the time it reached C
     assert seen["c_deadline_left"] is not None and 0 < seen["c_deadline_left"] < 5
 
