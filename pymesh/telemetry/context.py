@@ -8,9 +8,10 @@ code): its call becomes a child of the server span, inherits the sampling decisi
 remaining deadline, and writes the headers for the next hop. asyncio tasks copy context
 variables; threads do not — `pymesh.telemetry.wrap_executor` and `propagating` carry them.
 
-Parsing follows the W3C Trace Context spec (level 1): an invalid `traceparent` restarts the
-trace; a `tracestate` is kept only with a valid `traceparent`, and dropped whole when a member
-is malformed, a key repeats, or there are more than 32 members. Repeated headers are folded:
+Parsing follows the W3C Trace Context spec as its test suite checks it today: an invalid
+`traceparent` restarts the trace; a `tracestate` is kept only with a valid `traceparent`, and
+dropped whole when a member is malformed or there are more than 32 members; a repeated key
+keeps its first member. Repeated headers are folded:
 `tracestate` and `baggage` joined with ",", a repeated `traceparent` is invalid.
 """
 
@@ -30,9 +31,8 @@ PEER_HEADER = "x-pymesh-peer"  # workload metadata exchange (Istio's x-envoy-pee
 _rand = random.getrandbits  # ids need uniqueness, not secrecy
 _HEX = frozenset("0123456789abcdef")
 _MAX_MEMBERS = 32
-_KEY = re.compile(
-    r"^(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})$"
-)
+# the current spec's key grammar (Level 1's tenant@system form is a special case of it)
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-*/@]{0,255}$")
 _VALUE = re.compile(r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$")
 
 
@@ -124,7 +124,9 @@ def parse_traceparent(value: str) -> tuple[int, int, bool] | None:
 
 def valid_tracestate(value: str) -> str | None:
     """`value` as a normalized tracestate (members joined by ","), or None when the spec says
-    to discard it (a malformed member, a repeated key, more than 32 members)."""
+    to discard it (a malformed member, more than 32 members). A repeated key keeps its first
+    (left-most, most recent) member: the spec lets a vendor discard duplicates, which Level 1
+    answered by dropping the whole list and the current spec and its test suite do not."""
     members = []
     keys = set()
     for raw in value.split(","):
@@ -132,8 +134,10 @@ def valid_tracestate(value: str) -> str | None:
         if not member:
             continue
         key, eq, val = member.partition("=")
-        if not eq or not _KEY.match(key) or not _VALUE.match(val) or key in keys:
+        if not eq or not _KEY.match(key) or not _VALUE.match(val):
             return None
+        if key in keys:
+            continue
         keys.add(key)
         members.append(member)
     if len(members) > _MAX_MEMBERS:
@@ -217,7 +221,7 @@ def collect(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
     for name, value in headers:
         if name in _WANTED_B:
             key = name.decode("latin-1")
-            text = value.decode("latin-1")
+            text = value.decode("latin-1").strip(" \t")  # OWS a server may have left on
             if got is None:
                 got = {}
             prev = got.get(key)

@@ -356,7 +356,11 @@ class MeshTelemetry:
         )
         ctx.span = span
         sc = span.get_span_context()
-        if sc.is_valid:
+        # an SDK's span: its ids are the context's. OpenTelemetry's no-op tracer (API only, no
+        # SDK) hands back the parent's context: keep pymesh's own new span id then, so each hop
+        # still gets its own parent id
+        parent_id = parent_span.get_span_context().span_id if parent_span is not None else 0
+        if sc.is_valid and sc.span_id != parent_id:
             ctx.trace_id = sc.trace_id
             ctx.span_id = sc.span_id
             ctx.sampled = sc.trace_flags.sampled

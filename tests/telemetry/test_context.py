@@ -61,16 +61,20 @@ def test_traceparent(value: str, ok: bool) -> None:
         ("foo=1,bar=2", "foo=1,bar=2"),
         ("foo=1 , bar=2\t", "foo=1,bar=2"),  # optional white space around members
         ("foo=1,,bar=2", "foo=1,bar=2"),  # empty members are allowed
-        ("foo=1,foo=2", None),  # duplicate keys
+        ("foo=1,foo=2", "foo=1"),  # a repeated key keeps its first (left-most) member
+        ("foo=1,bar=2,foo=1", "foo=1,bar=2"),
         ("Foo=1", None),  # upper-case key
         ("foo", None),  # no "="
         ("foo=", None),  # empty value
         ("foo=bar=baz", None),  # "=" in the value
         ("foo=bar ", "foo=bar"),  # trailing space is OWS, stripped
         ("tenant@system=1", "tenant@system=1"),
-        ("1tenant@system=1", "1tenant@system=1"),  # multi-tenant keys may start with a digit
-        ("1foo=1", None),  # simple keys may not
-        ("tenant@toolongsystemname=1", None),  # system part ≤ 14 chars
+        ("1tenant@system=1", "1tenant@system=1"),  # keys may start with a digit
+        ("1foo=1", "1foo=1"),
+        ("tenant@longersystemname=1", "tenant@longersystemname=1"),  # "@" anywhere after the
+        ("foo@@bar=1", "foo@@bar=1"),  # first character (the current spec's key grammar)
+        ("@foo=1", None),  # but not first
+        ("_foo=1", None),
         ("a" * 256 + "=1", "a" * 256 + "=1"),
         ("a" * 257 + "=1", None),
         ("k=" + "v" * 256, "k=" + "v" * 256),
@@ -103,7 +107,7 @@ def test_repeated_headers_are_folded() -> None:
 
 
 def test_invalid_tracestate_is_dropped_but_traceparent_kept() -> None:
-    got = {"traceparent": GOOD, "tracestate": "a=1,a=2"}
+    got = {"traceparent": GOOD, "tracestate": "a=1,B=2"}
     extracted = Propagation().extract(got)
     assert extracted is not None and extracted[:2] == (int(TRACE, 16), int(SPAN, 16))
     assert extracted[3] == ""
