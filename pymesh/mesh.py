@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry
 
 from pymesh._async.transport import AsyncMeshTransport
 from pymesh._httpx_client import MeshAsyncClient, MeshClient
@@ -381,15 +382,25 @@ class Mesh:
         port: int = 0,
         port_name: str = "http",
         service_port: int | None = None,
+        metrics_port: int | None = None,
         **uvicorn_options: Any,
     ) -> MeshServer:
         """A uvicorn server for `app` behind the mesh's inbound policy, with mTLS when the mesh
         has an identity (the peer's SPIFFE ID checked once per connection). Call `start()`
         (background thread; `port` 0 picks a free port) or `run()` (blocks).
 
+        `metrics_port` (Istio's is 15020; 0 picks one; default None: none) also serves the
+        mesh's metrics, plaintext, at `/stats/prometheus` and `/metrics` on `host`, from when
+        the server starts until it stops (`server.metrics.port`); it needs telemetry with
+        metrics on (else `RuntimeError` here).
+
         In control-plane mode the mesh is made ready first (bounded), and once the server
         listens its real port is registered as `port_name` (the ServiceEntry port it serves;
         `service_port`: what callers dial, default the real port); stopping deregisters it."""
+        if metrics_port is not None:
+            registry = self._metrics_registry()
+            metrics_at = int(metrics_port)
+            uvicorn_options["metrics"] = lambda: MetricsServer(registry, metrics_at, host)
         identity = self._start_identity()
         if self._agent_settings is not None:
 
@@ -425,9 +436,18 @@ class Mesh:
             **uvicorn_options,
         )
 
-    def serve(self, app: Any, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
-        """Serve `app` with the mesh until interrupted (as `uvicorn.run`)."""
-        self.server(app, host=host, port=port, **options).run()
+    def serve(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        metrics_port: int | None = None,
+        **options: Any,
+    ) -> None:
+        """Serve `app` with the mesh until interrupted (as `uvicorn.run`); with
+        `metrics_port=15020` (Istio's merged-metrics port) also the mesh's metrics there."""
+        self.server(app, host=host, port=port, metrics_port=metrics_port, **options).run()
 
     def explain(self, last: int = 10) -> list[dict[str, Any]]:
         """The decision records of the last `last` meshed calls (client and server), oldest
@@ -435,12 +455,21 @@ class Mesh:
         return self.telemetry.explain(last) if self.telemetry is not None else []
 
     def metrics_app(self) -> Any:
-        """An ASGI app serving this mesh's metrics at `/stats/prometheus` and `/metrics`."""
-        return MetricsApp(self._telemetry_on().registry)
+        """An ASGI app serving this mesh's metrics at `/stats/prometheus` and `/metrics`
+        (in multiprocess mode, `PYMESH_METRICS_DIR`: the sum of every worker's)."""
+        return MetricsApp(self._metrics_registry())
 
     def start_metrics_server(self, port: int = 15020, host: str = "127.0.0.1") -> MetricsServer:
         """Serve this mesh's metrics on their own listener (a thread; `port` 0 picks one)."""
-        return MetricsServer(self._telemetry_on().registry, port, host)
+        return MetricsServer(self._metrics_registry(), port, host)
+
+    def _metrics_registry(self) -> CollectorRegistry:
+        telemetry = self._telemetry_on()
+        if telemetry.metrics is None:
+            raise RuntimeError(
+                "metrics are off in this mesh's telemetry: TelemetryConfig(metrics=True)"
+            )
+        return telemetry.registry
 
     def _telemetry_on(self) -> MeshTelemetry:
         if self.telemetry is None:
@@ -452,14 +481,18 @@ class Mesh:
 
     def close(self) -> None:
         """Close the connection pools of the sync clients this mesh made (async clients are
-        closed by `aclose()` or their own `aclose()`), and stop certificate renewal. In
-        control-plane mode first the agent: deregister, stop watching and renewing."""
+        closed by `aclose()` or their own `aclose()`), stop certificate renewal and, in metrics
+        multiprocess mode, the metrics writer. In control-plane mode first the agent:
+        deregister, stop watching and renewing."""
         self._close_agent()
         for transport in list(self._sync_transports):
             transport.close()
         if self.identity is not None and self._identity_started:
             self.identity.stop()
             self._identity_started = False
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is not None and metrics.shared is not None:
+            metrics.shared.close()  # multiprocess mode: the last counts written, writer stopped
 
     async def aclose(self) -> None:
         """Close the connection pools of every client this mesh made."""

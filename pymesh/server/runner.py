@@ -8,6 +8,8 @@ loop and returns once the socket listens (port 0 picks a free port, read back fr
 `stop()` asks uvicorn to finish in-flight requests and waits. `run()` blocks in the calling
 thread, as `uvicorn.run` does. `on_started(server)` runs once the socket listens (the mesh's
 agent registers the real port there) and `on_stopped(server)` when it stops (deregisters).
+`metrics` (a factory, given by `Mesh.server(..., metrics_port=...)`) starts the metrics
+listener before the app's socket and stops it after the server stopped, in both modes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uvicorn
 
 from pymesh.server.protocol import PeerVerifier, protocol_class
 from pymesh.server.sniff import sniffing_protocol_class
+from pymesh.telemetry.exposition import MetricsServer
 
 
 class MeshServer:
@@ -38,10 +41,14 @@ class MeshServer:
         log_level: str = "warning",
         on_started: Callable[[MeshServer], None] | None = None,
         on_stopped: Callable[[MeshServer], None] | None = None,
+        metrics: Callable[[], MetricsServer] | None = None,
         **uvicorn_options: Any,
     ) -> None:
         self.on_started = on_started
         self.on_stopped = on_stopped
+        self._metrics_factory = metrics
+        # the metrics listener while the server runs (`metrics.port`, `metrics.url`)
+        self.metrics: MetricsServer | None = None
         factory = None
         http: type[Any] = protocol_class(verify_peer)
         if ssl_context is not None and plaintext_too:
@@ -88,6 +95,7 @@ class MeshServer:
 
     def start(self, timeout: float = 10.0) -> MeshServer:
         """Serve on a background thread; return once listening (or raise)."""
+        self._start_metrics()
         self._thread = threading.Thread(target=self.server.run, name="pymesh-server", daemon=True)
         self._thread.start()
         waited = threading.Event()
@@ -117,24 +125,39 @@ class MeshServer:
         return self._announced_port
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking new traffic (`on_stopped`), finish in-flight requests and stop."""
+        """Stop taking new traffic (`on_stopped`), finish in-flight requests and stop (the
+        metrics listener last, so the last requests are scraped)."""
         self._retract()
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._stop_metrics()
+
+    def _start_metrics(self) -> None:
+        if self._metrics_factory is not None and self.metrics is None:
+            self.metrics = self._metrics_factory()
+
+    def _stop_metrics(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
 
     def run(self) -> None:
         """Serve in the calling thread until interrupted (as `uvicorn.run`)."""
-        if self.on_started is None:
-            self.server.run()
-            return
-        watcher = threading.Thread(target=self._announce_when_started, daemon=True)
-        watcher.start()
+        self._start_metrics()
         try:
-            self.server.run()
+            if self.on_started is None:
+                self.server.run()
+                return
+            watcher = threading.Thread(target=self._announce_when_started, daemon=True)
+            watcher.start()
+            try:
+                self.server.run()
+            finally:
+                self._retract()
         finally:
-            self._retract()
+            self._stop_metrics()
 
     def _announce_when_started(self) -> None:
         waited = threading.Event()

@@ -12,7 +12,8 @@ The pieces: `pymesh.telemetry.hub` (the per-mesh hook every edge reports to),
 `pymesh.telemetry.metrics` (Istio's metrics, mesh health), `pymesh.telemetry.context` (trace
 context, W3C / B3 headers, the context variable that carries an inbound request's context and
 deadline to the outbound calls made while serving it), `pymesh.telemetry.exposition` (the
-`/stats/prometheus` app and listener).
+`/stats/prometheus` app and listener), `pymesh.telemetry.multiprocess` (pre-fork servers: the
+workers' counts shared through `PYMESH_METRICS_DIR` and served summed).
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """Prometheus text for a mesh at `/stats/prometheus` (Istio's path) and `/metrics`: an ASGI
-app to mount in any app, or a listener of its own on a thread."""
+app to mount in any app, or a listener of its own on a thread (`Mesh.start_metrics_server`,
+and `Mesh.server(..., metrics_port=...)`, which starts and stops one with the server).
+
+Both render the registry they are given at scrape time; in multiprocess mode
+(`PYMESH_METRICS_DIR`, `pymesh.telemetry.multiprocess`) a mesh's registry renders the sum of
+every worker, so these need nothing special for pre-fork servers.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -17,6 +24,14 @@ PATHS = ("/stats/prometheus", "/metrics")
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No per-scrape line on stderr."""
+
+
+class _Server4(ThreadingWSGIServer):
+    address_family = socket.AF_INET
+
+
+class _Server6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 Scope = MutableMapping[str, Any]
@@ -60,7 +75,8 @@ class MetricsApp:
 
 
 class MetricsServer:
-    """A metrics listener on its own thread (`port` 0 picks a free one); `stop()` ends it."""
+    """A metrics listener on its own thread (`port` 0 picks a free one); `stop()` ends it.
+    A port already taken raises `OSError` saying which listener it was for."""
 
     def __init__(self, registry: CollectorRegistry, port: int = 15020, host: str = "127.0.0.1"):
         app = make_wsgi_app(registry)
@@ -71,7 +87,13 @@ class MetricsServer:
                 return [b"not found: try /stats/prometheus\n"]
             return app(environ, start_response)
 
-        self._server = make_server(host, port, routed, ThreadingWSGIServer, handler_class=_Quiet)
+        server_class = _Server6 if ":" in host else _Server4
+        try:
+            self._server = make_server(host, port, routed, server_class, handler_class=_Quiet)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen for metrics on {host}:{port}: {exc.strerror}"
+            ) from exc
         self.host = host
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(
@@ -82,7 +104,8 @@ class MetricsServer:
     @property
     def url(self) -> str:
         """`http://host:port/stats/prometheus`."""
-        return f"http://{self.host}:{self.port}/stats/prometheus"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/stats/prometheus"
 
     def stop(self) -> None:
         """Stop listening and wait for the thread."""

@@ -12,13 +12,15 @@ past `max_series` label tuples, new tuples lose their principals and workload na
 version, endpoints and ejections per cluster); retries, retry-budget and circuit-breaker
 overflows are counted from the decision records as calls finish.
 
-Pre-fork servers: each worker process has its own `Mesh`, hence its own registry; scrape each
-worker's metrics listener (or let Prometheus discover one port per worker). Prometheus'
-multiprocess mode is not used.
+Pre-fork servers: each worker process has its own `Mesh`, hence its own registry. With
+`PYMESH_METRICS_DIR` set, `IstioMetrics` shares its counts with the other workers through
+files in that directory and its registry serves the sum of all workers
+(`pymesh.telemetry.multiprocess`); prometheus_client's own multiprocess mode is not used.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from bisect import bisect_left as _bisect
@@ -36,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
+    from pymesh.telemetry.multiprocess import SharedMetrics
 
 LABELS = (
     "reporter",
@@ -119,7 +122,9 @@ class IstioMetrics:
     (~1.5 µs for the four), which is half of the per-call budget telemetry has. One `Series` per
     label tuple, one lock, three `bisect`s: a fraction of that. The exposition is the same."""
 
-    def __init__(self, registry: CollectorRegistry, max_series: int = 2000) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, max_series: int = 2000, metrics_dir: str | None = None
+    ) -> None:
         self.registry = registry
         self.max_series = max_series
         self._series: dict[tuple[str, ...], Series] = {}
@@ -169,6 +174,15 @@ class IstioMetrics:
             ("destination_service",),
             registry=registry,
         )
+        # pre-fork servers: with a metrics directory (`metrics_dir`, "" for none; default
+        # $PYMESH_METRICS_DIR)
+        # the workers share their counts through files and this registry serves their sum
+        self.shared: SharedMetrics | None = None
+        directory = os.environ.get("PYMESH_METRICS_DIR") if metrics_dir is None else metrics_dir
+        if directory:
+            from pymesh.telemetry.multiprocess import SharedMetrics
+
+            self.shared = SharedMetrics(self, directory)
 
     def series(self, labels: tuple[str, ...]) -> Series:
         """The series of `labels` (made on first use; coarsened past `max_series`)."""
@@ -203,6 +217,49 @@ class IstioMetrics:
                 for s in self._series.values()
             ]
 
+    def rows(
+        self,
+    ) -> list[tuple[tuple[str, ...], int, float, list[int], int, list[int], int, list[int]]]:
+        """What a scrape shows: `snapshot()`, or in multiprocess mode the sum of this process'
+        series and the other workers' files."""
+        shared = self.shared
+        return self.snapshot() if shared is None else shared.merged_rows()
+
+    def observed(self) -> tuple[int, int]:
+        """(requests counted, series): a cheap sign of change for the multiprocess writer."""
+        with self._lock:
+            return sum(s.count for s in self._series.values()), len(self._series)
+
+    def counters(self) -> tuple[Counter, ...]:
+        """The prometheus_client counters (TCP metrics and mesh health), in a fixed order."""
+        return (
+            self.tcp_sent,
+            self.tcp_received,
+            self.tcp_opened,
+            self.tcp_closed,
+            self.retries,
+            self.retries_exhausted,
+            self.retry_overflow,
+            self.circuit_open,
+        )
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: count from zero (what the parent counted is the parent's to
+        report) with a fresh lock (another thread may have held the parent's at the fork).
+        The series objects stay: the edges cache them."""
+        self._lock = threading.Lock()
+        n = len(BUCKETS) + 1
+        for s in self._series.values():
+            s.count = 0
+            s.dur_sum = 0.0
+            s.req_sum = 0
+            s.resp_sum = 0
+            s.dur[:] = [0] * n
+            s.req[:] = [0] * n
+            s.resp[:] = [0] * n
+        for counter in self.counters():
+            counter.clear()
+
     def __repr__(self) -> str:
         return f"IstioMetrics(series={len(self._series)}, max_series={self.max_series})"
 
@@ -228,7 +285,7 @@ class _RequestCollector:
 
     def collect(self) -> list[Metric]:
         """The request metrics as they are now."""
-        return self._families(self._metrics.snapshot())
+        return self._families(self._metrics.rows())
 
     @staticmethod
     def _families(rows: list[Any]) -> list[Metric]:
