@@ -44,7 +44,7 @@ from pymesh.runtime import Runtime
 from pymesh.server.runner import MeshServer
 from pymesh.snapshot import Snapshot, compile_snapshot
 from pymesh.telemetry import MeshTelemetry, telemetry_for
-from pymesh.telemetry.exposition import MetricsApp, MetricsServer
+from pymesh.telemetry.exposition import MetricsApp, MetricsServer, is_loopback
 
 
 class Mesh:
@@ -400,7 +400,8 @@ class Mesh:
         if metrics_port is not None:
             registry = self._metrics_registry()
             metrics_at = int(metrics_port)
-            uvicorn_options["metrics"] = lambda: MetricsServer(registry, metrics_at, host)
+            explain = self.explain if is_loopback(host) else None  # the admin endpoint
+            uvicorn_options["metrics"] = lambda: MetricsServer(registry, metrics_at, host, explain)
         identity = self._start_identity()
         if self._agent_settings is not None:
 
@@ -454,14 +455,21 @@ class Mesh:
         first, as the access log writes them (telemetry on; [] when off)."""
         return self.telemetry.explain(last) if self.telemetry is not None else []
 
-    def metrics_app(self) -> Any:
+    def metrics_app(self, *, explain: bool = False) -> Any:
         """An ASGI app serving this mesh's metrics at `/stats/prometheus` and `/metrics`
-        (in multiprocess mode, `PYMESH_METRICS_DIR`: the sum of every worker's)."""
-        return MetricsApp(self._metrics_registry())
+        (in multiprocess mode, `PYMESH_METRICS_DIR`: the sum of every worker's); with
+        `explain=True` also the admin endpoint `/explain?last=N` (the last calls' decision
+        records, as JSON — mount it where only operators reach it)."""
+        return MetricsApp(self._metrics_registry(), self.explain if explain else None)
 
-    def start_metrics_server(self, port: int = 15020, host: str = "127.0.0.1") -> MetricsServer:
-        """Serve this mesh's metrics on their own listener (a thread; `port` 0 picks one)."""
-        return MetricsServer(self._metrics_registry(), port, host)
+    def start_metrics_server(
+        self, port: int = 15020, host: str = "127.0.0.1", *, explain: bool | None = None
+    ) -> MetricsServer:
+        """Serve this mesh's metrics on their own listener (a thread; `port` 0 picks one), and
+        the admin endpoint `/explain?last=N` — by default only when `host` is a loopback
+        address (as Envoy's admin port)."""
+        on = is_loopback(host) if explain is None else explain
+        return MetricsServer(self._metrics_registry(), port, host, self.explain if on else None)
 
     def _metrics_registry(self) -> CollectorRegistry:
         telemetry = self._telemetry_on()

@@ -2,6 +2,11 @@
 app to mount in any app, or a listener of its own on a thread (`Mesh.start_metrics_server`,
 and `Mesh.server(..., metrics_port=...)`, which starts and stops one with the server).
 
+With `explain` (a mesh's `explain(last)`), both also answer GET `/explain?last=N` with the
+decision records of the mesh's last calls as JSON — the admin endpoint. It says which calls
+were made, to and from whom: the listener serves it only on a loopback address unless told
+otherwise, as Envoy keeps its admin port on localhost.
+
 Both render the registry they are given at scrape time; in multiprocess mode
 (`PYMESH_METRICS_DIR`, `pymesh.telemetry.multiprocess`) a mesh's registry renders the sum of
 every worker, so these need nothing special for pre-fork servers.
@@ -9,6 +14,8 @@ every worker, so these need nothing special for pre-fork servers.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -19,6 +26,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 PATHS = ("/stats/prometheus", "/metrics")
+EXPLAIN_PATH = "/explain"
+Explain = Callable[[int], list[dict[str, Any]]]
+_JSON = b"application/json"
+
+
+def explain_response(explain: Explain, query: str) -> tuple[int, bytes, bytes]:
+    """(status, content type, body) of GET `/explain?last=N` (default 10)."""
+    last = 10
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "last":
+            if not value.isdigit():
+                return 400, b"text/plain", b"last: a number of calls, like /explain?last=20\n"
+            last = int(value)
+    body = json.dumps(explain(last), indent=1).encode() + b"\n"
+    return 200, _JSON, body
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Quiet(WSGIRequestHandler):
@@ -39,10 +72,12 @@ Scope = MutableMapping[str, Any]
 
 class MetricsApp:
     """An ASGI app answering GET `/stats/prometheus` and `/metrics` with `registry`'s metrics
-    (when mounted under a prefix, the path below it); anything else is 404."""
+    (when mounted under a prefix, the path below it), and `/explain` when given `explain`;
+    anything else is 404."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, explain: Explain | None = None) -> None:
         self.registry = registry
+        self.explain = explain
 
     async def __call__(
         self,
@@ -59,6 +94,9 @@ class MetricsApp:
             path = path[len(root) :]
         if path in PATHS or path in ("", "/"):
             status, ctype, body = 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+        elif path == EXPLAIN_PATH and self.explain is not None:
+            query = scope.get("query_string", b"").decode("latin-1")
+            status, ctype, body = explain_response(self.explain, query)
         else:
             status, ctype, body = 404, b"text/plain", b"not found: try /stats/prometheus\n"
         await send(
@@ -76,13 +114,26 @@ class MetricsApp:
 
 class MetricsServer:
     """A metrics listener on its own thread (`port` 0 picks a free one); `stop()` ends it.
-    A port already taken raises `OSError` saying which listener it was for."""
+    A port already taken raises `OSError` saying which listener it was for. With `explain`, it
+    also serves `/explain` (see the module docstring)."""
 
-    def __init__(self, registry: CollectorRegistry, port: int = 15020, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int = 15020,
+        host: str = "127.0.0.1",
+        explain: Explain | None = None,
+    ):
         app = make_wsgi_app(registry)
 
         def routed(environ: dict[str, Any], start_response: Any) -> Any:
-            if environ.get("PATH_INFO") not in PATHS:
+            path = environ.get("PATH_INFO")
+            if path == EXPLAIN_PATH and explain is not None:
+                status, ctype, body = explain_response(explain, environ.get("QUERY_STRING", ""))
+                reason = "200 OK" if status == 200 else "400 Bad Request"
+                start_response(reason, [("Content-Type", ctype.decode())])
+                return [body]
+            if path not in PATHS:
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"not found: try /stats/prometheus\n"]
             return app(environ, start_response)

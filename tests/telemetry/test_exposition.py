@@ -140,6 +140,18 @@ def test_metrics_port_serves_both_paths_while_the_server_runs() -> None:
             assert total(r.text, "istio_request_duration_milliseconds_count", **want) == 5
             assert total(r.text, "istio_response_bytes_sum", **want) == 5 * len(b"ok")
         assert httpx.get(base + "/other", timeout=5).status_code == 404
+        # the admin endpoint (a loopback listener): the last calls' decision records
+        explained = httpx.get(base + "/explain?last=2", timeout=5)
+        assert explained.status_code == 200
+        assert explained.headers["content-type"] == "application/json"
+        records = explained.json()
+        assert len(records) == 2
+        assert [r["direction"] for r in records] == ["inbound", "inbound"]
+        assert [r["path"] for r in records] == ["/ok", "/ok"]
+        assert records == reviews.explain(2)
+        assert len(httpx.get(base + "/explain", timeout=5).json()) == 5  # all there are
+        bad = httpx.get(base + "/explain?last=many", timeout=5)
+        assert bad.status_code == 400 and "last" in bad.text
     finally:
         srv.stop()
     assert srv.metrics is None
@@ -550,3 +562,29 @@ def test_gunicorn_workers_serve_the_summed_metrics(tmp_path: Path, preload: bool
             cli.wait(timeout=10)
         if cli.stdout is not None:
             cli.stdout.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+def test_explain_is_served_only_where_asked() -> None:
+    """`/explain` says which calls were made: a metrics listener serves it on loopback unless
+    told not to, and `metrics_app()` only with `explain=True`."""
+    mesh = pymesh.Mesh.from_yaml("", service="reviews", telemetry=True)
+    quiet = mesh.start_metrics_server(0, explain=False)
+    try:
+        url = f"http://127.0.0.1:{quiet.port}"
+        assert httpx.get(url + "/explain", timeout=5).status_code == 404
+        assert httpx.get(url + "/metrics", timeout=5).status_code == 200
+    finally:
+        quiet.stop()
+
+    async def scope_get(app: Any, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+            return await c.get(path)
+
+    import anyio
+
+    assert anyio.run(scope_get, mesh.metrics_app(), "/explain").status_code == 404
+    admin = anyio.run(scope_get, mesh.metrics_app(explain=True), "/explain?last=3")
+    assert admin.status_code == 200 and admin.json() == []
