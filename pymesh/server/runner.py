@@ -14,6 +14,8 @@ listener before the app's socket and stops it after the server stopped, in both 
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -23,7 +25,22 @@ import uvicorn
 
 from pymesh.server.protocol import PeerVerifier, protocol_class
 from pymesh.server.sniff import sniffing_protocol_class
+from pymesh.telemetry import ContextThreadPoolExecutor
 from pymesh.telemetry.exposition import MetricsServer
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, its event loop's default executor one that runs work in the
+    submitter's context: `loop.run_in_executor(None, fn)` in a handler then continues the
+    request's trace and deadline, as `asyncio.to_thread` does (a plain thread pool does not
+    copy context variables)."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Install the executor, then serve as uvicorn does."""
+        loop = asyncio.get_running_loop()
+        executor = ContextThreadPoolExecutor(thread_name_prefix="pymesh-executor")
+        loop.set_default_executor(executor)
+        await super().serve(sockets)
 
 
 class MeshServer:
@@ -73,7 +90,7 @@ class MeshServer:
             lifespan=uvicorn_options.pop("lifespan", "auto"),
             **uvicorn_options,
         )
-        self.server = uvicorn.Server(self.config)
+        self.server = _Server(self.config)
         self._thread: threading.Thread | None = None
         self.scheme = "https" if ssl_context is not None else "http"
         self._announced_port: int | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CURRENT",
     "CallRecord",
+    "ContextThreadPoolExecutor",
     "MeshTelemetry",
     "TelemetryConfig",
     "TraceContext",
@@ -202,6 +203,18 @@ class _ContextExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"wrap_executor({self._inner!r})"
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A `ThreadPoolExecutor` whose `submit` runs the function in the submitter's context, so
+    it can be an event loop's default executor (`loop.set_default_executor` wants a
+    `ThreadPoolExecutor`): `Mesh.server` installs one, so `run_in_executor(None, fn)` continues
+    the request's trace."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Submit `fn` to run in a copy of the caller's context."""
+        ctx = contextvars.copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)
 
 
 def wrap_executor(executor: Executor) -> Executor:

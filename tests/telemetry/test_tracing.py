@@ -302,3 +302,33 @@ def test_configure_sets_the_default_for_new_meshes() -> None:
     finally:
         pymesh.telemetry.reset()
     assert pymesh.Mesh.from_yaml("", service="z").telemetry is None
+
+
+def test_run_in_executor_with_the_default_executor_continues_the_trace() -> None:
+    """`Mesh.server`'s event loop has a context-copying default executor: work a handler
+    hands to `loop.run_in_executor(None, ...)` sees the request's trace, no wrapping needed."""
+    import asyncio
+
+    from pymesh.telemetry import current_trace
+
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        loop = asyncio.get_running_loop()
+        seen.append(await loop.run_in_executor(None, current_trace))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mesh = pymesh.Mesh.from_yaml("", service="s", telemetry=TelemetryConfig(sampling=0.0))
+    srv = mesh.server(app).start()
+    try:
+        caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        r = httpx.get(f"http://127.0.0.1:{srv.port}/", headers={"traceparent": caller})
+        assert r.status_code == 200
+    finally:
+        srv.stop()
+    (ctx,) = seen
+    assert ctx is not None and ctx.trace_id_hex == "0af7651916cd43dd8448eb211c80319c"
+    assert ctx.parent_id == 0xB7AD6B7169203331
