@@ -51,7 +51,7 @@ GOAL_SAMPLED_US = 5.0
 # the headers telemetry adds to an unsampled mesh call (values of the real length)
 ADDED_HEADERS = {
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-    "x-pymesh-peer": "bench;default;bench;unknown",
+    "x-pymesh-peer": "bench;default;bench;unknown;4999",
 }
 
 

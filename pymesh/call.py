@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# the remaining deadline a meshed client sends to the next hop, in milliseconds
-DEADLINE_HEADER_RAW = b"x-pymesh-timeout-ms"
+# the mesh's own request header: the caller's workload metadata (Istio's metadata exchange,
+# `workload;namespace;app;version`) and, when the attempt has one, its remaining deadline in
+# milliseconds as a fifth field — one header for both, as each header costs on every hop
+MESH_HEADER_RAW = b"x-pymesh-peer"
 _INF = float("inf")
 
 
@@ -141,12 +143,12 @@ class Call:
         "endpoint",
         "hash_key",
         "host",
+        "mesh_metadata",
         "method",
         "native",
         "path",
         "peer",
         "port",
-        "propagate_deadline",
         "protocol",
         "query",
         "replayable",
@@ -209,8 +211,9 @@ class Call:
         self.send_target = target
         self.send_headers: list[tuple[bytes, bytes]] | None = None
         self.response_ops: Any = None
-        # telemetry on: each attempt tells the next hop how long it has left (`upstream_headers`)
-        self.propagate_deadline = False
+        # telemetry on: the workload metadata each attempt sends, with how long the next hop
+        # has left (`upstream_headers`)
+        self.mesh_metadata: bytes | None = None
 
     def header(self, name: str) -> str | None:
         """A request header by lower-case name; repeated headers joined by ','."""
@@ -227,18 +230,19 @@ class Call:
 
     def upstream_headers(self, now: float) -> list[tuple[bytes, bytes]]:
         """What a sender sends for this attempt: `send_headers` (else the native request's raw
-        headers), plus the attempt's remaining deadline in milliseconds when it has one and
-        telemetry propagates it — the route timeout, a per-try timeout or a deadline inherited
-        from the request being served, whichever ends first (Envoy's
-        `x-envoy-expected-rq-timeout-ms`, which is also written per attempt)."""
+        headers), plus, with telemetry on, the mesh header: the workload metadata and the
+        attempt's remaining deadline in milliseconds when it has one — the route timeout, a
+        per-try timeout or a deadline inherited from the request being served, whichever ends
+        first (Envoy's `x-envoy-expected-rq-timeout-ms`, also written per attempt)."""
         headers = self.send_headers
         if headers is None:
             headers = self.native.headers.raw
-        if self.propagate_deadline:
+        meta = self.mesh_metadata
+        if meta is not None:
             deadline = self.attempt_deadline
             if deadline != _INF:
-                left = b"%d" % max(0, int((deadline - now) * 1000))
-                headers = [*headers, (DEADLINE_HEADER_RAW, left)]
+                meta = b"%s;%d" % (meta, max(0, int((deadline - now) * 1000)))
+            headers = [*headers, (MESH_HEADER_RAW, meta)]
         return headers
 
     def __repr__(self) -> str:

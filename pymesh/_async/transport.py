@@ -469,7 +469,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         ctx = rec.trace
         assert ctx is not None
         call.deadline = call.attempt_deadline = ctx.deadline
-        call.propagate_deadline = True
+        call.mesh_metadata = tel.peer_metadata  # and the deadline, per attempt
         # The propagation headers go straight into the raw header list the sender sends (the
         # route tier's header operations start from it): httpx's `Headers.__setitem__` costs
         # more than the rest of an unsampled call's telemetry. The caller's own copies of

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from pymesh.call import DEADLINE_HEADER_RAW
+from pymesh.call import MESH_HEADER_RAW
 
-DEADLINE_HEADER = DEADLINE_HEADER_RAW.decode()  # the remaining deadline, in milliseconds
-PEER_HEADER = "x-pymesh-peer"  # workload metadata exchange (Istio's x-envoy-peer-metadata)
+# workload metadata exchange (Istio's x-envoy-peer-metadata) and the remaining deadline:
+# `workload;namespace;app;version[;milliseconds]` (see `pymesh.call.MESH_HEADER_RAW`)
+PEER_HEADER = MESH_HEADER_RAW.decode()
 
 _rand = random.getrandbits  # ids need uniqueness, not secrecy
 _HEX = frozenset("0123456789abcdef")
@@ -191,8 +192,7 @@ PROPAGATED = frozenset(
         b"x-b3-spanid",
         b"x-b3-parentspanid",
         b"x-b3-sampled",
-        DEADLINE_HEADER.encode(),
-        PEER_HEADER.encode(),
+        MESH_HEADER_RAW,
     }
 )
 
@@ -206,7 +206,6 @@ _WANTED = frozenset(
         "x-b3-spanid",
         "x-b3-sampled",
         "x-b3-flags",
-        DEADLINE_HEADER,
         PEER_HEADER,
         "x-request-id",
     }

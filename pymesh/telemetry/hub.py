@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry
 from pymesh.call import Decision
 from pymesh.telemetry.context import (
     CURRENT,
-    DEADLINE_HEADER,
     PEER_HEADER,
     Propagation,
     TraceContext,
@@ -129,7 +128,7 @@ class CallRecord:
         self.flags = ""  # inbound refusals: the flag; outbound: read from the decision
         self.reason = ""
         self.peer: str | None = None  # the caller's principal (inbound)
-        self.peer_meta = ""  # the caller's x-pymesh-peer (inbound)
+        self.peer_meta = ""  # the caller's workload metadata, x-pymesh-peer (inbound)
         self.request_id: str | None = None
         self.request_headers: Any = None  # the client request's headers: x-request-id, lazily
         self.trace: TraceContext | None = None
@@ -252,7 +251,7 @@ class MeshTelemetry:
         host = f"{mesh.service}.{mesh.namespace}.svc.cluster.local"
         self._self_dst = (*self._self, host, mesh.service, mesh.namespace)
         self.peer_header = f"{mesh.service};{mesh.namespace};{app};{version}"
-        self._peer_pair = (PEER_HEADER.encode(), self.peer_header.encode())
+        self.peer_metadata = self.peer_header.encode()  # what `Call.mesh_metadata` carries
         # the metric series of a finished call, by what its labels are made of (bounded)
         self._out_series: dict[tuple[Any, ...], Series] = {}
         self._in_series: dict[tuple[Any, ...], Series] = {}
@@ -304,14 +303,10 @@ class MeshTelemetry:
         sampled = share >= 1.0 or (share > 0.0 and self._rng.random() < share)
         return TraceContext(_rand(128) or 1, _rand(64) or 1, 0, sampled)
 
-    def inbound_context(self, got: dict[str, str] | None) -> TraceContext:
-        """The trace context of a served request from its collected propagation headers."""
-        deadline = _INF
+    def inbound_context(self, got: dict[str, str] | None, deadline: float = _INF) -> TraceContext:
+        """The trace context of a served request from its collected propagation headers (and
+        the deadline its caller sent)."""
         if got is not None:
-            timeout = got.get(DEADLINE_HEADER)
-            if timeout is not None:
-                with contextlib.suppress(ValueError):
-                    deadline = _monotonic() + max(0.0, float(timeout)) / 1000
             parsed = self.propagation.extract(got)
             if parsed is not None:
                 trace_id, parent_id, sampled, state, baggage = parsed
@@ -422,14 +417,13 @@ class MeshTelemetry:
         return rec
 
     def outbound_pairs(self, rec: CallRecord) -> list[tuple[bytes, bytes]]:
-        """The propagation headers of a mesh call, as raw pairs: the trace context and the
-        workload metadata (Istio's metadata exchange). The remaining deadline is written per
-        attempt by the sender (`Call.upstream_headers`), after the route's timeouts apply."""
+        """The trace-context headers of a mesh call, as raw pairs. The workload metadata and
+        the remaining deadline go in the mesh header, written per attempt by the sender
+        (`Call.upstream_headers` with `call.mesh_metadata = telemetry.peer_metadata`), after
+        the route's timeouts apply."""
         ctx = rec.trace
         assert ctx is not None
-        pairs = self.propagation.pairs(ctx)
-        pairs.append(self._peer_pair)
-        return pairs
+        return self.propagation.pairs(ctx)
 
     def outbound_headers(self, rec: CallRecord, set_header: Callable[[str, str], None]) -> None:
         """Write the trace context of a call leaving the mesh (a passthrough host): no deadline
@@ -447,9 +441,18 @@ class MeshTelemetry:
     ) -> CallRecord:
         """Start the record of a served request, with its trace context (span if sampled)."""
         rec = CallRecord("inbound", method, authority, path)
-        ctx = rec.trace = self.inbound_context(got)
+        deadline = _INF
         if got is not None:
-            rec.peer_meta = got.get(PEER_HEADER, "")
+            meta = got.get(PEER_HEADER)
+            if meta is not None:
+                # `workload;namespace;app;version[;remaining milliseconds]`
+                fields = meta.split(";")
+                if len(fields) == 5:
+                    with contextlib.suppress(ValueError):
+                        left = max(0.0, float(fields.pop())) / 1000
+                        deadline = _monotonic() + left
+                rec.peer_meta = ";".join(fields[:4])
+        ctx = rec.trace = self.inbound_context(got, deadline)
         if ctx.sampled:
             self.start_span(ctx, rec, "server")
         return rec

@@ -160,17 +160,17 @@ def test_context_reaches_wrapped_executors_and_propagating_threads() -> None:
 
 
 @pytest.mark.parametrize(
-    ("propagate", "deadline", "attempt", "expected"),
+    ("meta", "deadline", "attempt", "expected"),
     [
-        (True, float("inf"), float("inf"), None),  # no deadline anywhere: no header
-        (True, 102.0, 102.0, b"2000"),  # the route timeout (or an inherited deadline)
-        (True, 102.0, 100.75, b"750"),  # a per-try timeout ends first: the attempt's
-        (True, 99.0, 99.0, b"0"),  # already past: 0, never negative
-        (False, 102.0, 102.0, None),  # telemetry off: headers untouched
+        (b"fe;default;fe;v1", float("inf"), float("inf"), b"fe;default;fe;v1"),  # no deadline
+        (b"fe;default;fe;v1", 102.0, 102.0, b"fe;default;fe;v1;2000"),  # the route timeout
+        (b"fe;default;fe;v1", 102.0, 100.75, b"fe;default;fe;v1;750"),  # a per-try timeout
+        (b"fe;default;fe;v1", 99.0, 99.0, b"fe;default;fe;v1;0"),  # already past: never < 0
+        (None, 102.0, 102.0, None),  # telemetry off: headers untouched
     ],
 )
-def test_each_attempt_sends_its_remaining_deadline(
-    propagate: bool, deadline: float, attempt: float, expected: bytes | None
+def test_each_attempt_sends_its_metadata_and_remaining_deadline(
+    meta: bytes | None, deadline: float, attempt: float, expected: bytes | None
 ) -> None:
     import httpx
 
@@ -192,8 +192,26 @@ def test_each_attempt_sends_its_remaining_deadline(
         decision=Decision("1", "reviews"),
         deadline=deadline,
     )
-    call.propagate_deadline = propagate
+    call.mesh_metadata = meta
     call.attempt_deadline = attempt
     sent = dict(call.upstream_headers(now=100.0))
     assert sent.get(b"x-a") == b"1"
-    assert sent.get(b"x-pymesh-timeout-ms") == expected
+    assert sent.get(b"x-pymesh-peer") == expected
+
+
+def test_a_served_request_reads_the_callers_metadata_and_deadline() -> None:
+    import time
+
+    import pymesh
+    from pymesh.telemetry import TelemetryConfig
+
+    mesh = pymesh.Mesh.from_yaml("", service="s", telemetry=TelemetryConfig(sampling=0.0))
+    tel = mesh.telemetry
+    assert tel is not None
+    rec = tel.inbound("GET", "s", "/", {"x-pymesh-peer": "fe;default;fe;v1;1500"})
+    assert rec.peer_meta == "fe;default;fe;v1"
+    assert rec.trace is not None and 1.4 < rec.trace.deadline - time.monotonic() <= 1.5
+    for meta in ("fe;default;fe;v1", "fe;default;fe;v1;soon"):  # no deadline, or a bad one
+        rec = tel.inbound("GET", "s", "/", {"x-pymesh-peer": meta})
+        assert rec.peer_meta == "fe;default;fe;v1"
+        assert rec.trace is not None and rec.trace.deadline == float("inf")

@@ -265,7 +265,11 @@ def test_fastapi_django_fastapi_chain_is_one_connected_trace(exporter: Any) -> N
     exp, provider = exporter
     chain = Chain(TelemetryConfig(sampling=1.0, tracer_provider=provider), b_route("3s"))
     with chain.serve() as a_url:
-        r = httpx.get(f"{a_url}/a", headers={"x-pymesh-timeout-ms": "5000"}, timeout=10)
+        r = httpx.get(
+            f"{a_url}/a",
+            headers={"x-pymesh-peer": "tester;default;tester;unknown;5000"},
+            timeout=10,
+        )
         assert r.status_code == 200
         assert r.json() == {"a": {"b": [{"c": "direct"}, {"c": "pool"}]}}
         b_metrics = istio_requests(chain.b_mesh)

@@ -123,7 +123,7 @@ def test_connected_trace_across_asgi_wsgi_asgi_tasks_and_threads(exporter: Any) 
     try:
         r = httpx.get(
             f"http://127.0.0.1:{a_srv.port}/start",
-            headers={"x-pymesh-timeout-ms": "5000"},
+            headers={"x-pymesh-peer": "tester;default;tester;unknown;5000"},
             timeout=10,
         )
         assert r.status_code == 200
