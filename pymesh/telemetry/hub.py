@@ -489,6 +489,7 @@ class MeshTelemetry:
         ctx = rec.trace
         if ctx is not None and ctx.sampled and ctx.span is not None:
             self._end_span(rec, ctx.span)
+            ctx.span = None  # ended: the explain ring keeps the ids, not the SDK's span
 
     def _health(self, metrics: IstioMetrics, d: Decision) -> None:
         flags = d.flags
