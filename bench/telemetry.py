@@ -187,7 +187,7 @@ def measure_in_process(args: argparse.Namespace) -> dict[str, float]:
     class AnswerAtOnce:
         def send(self, call: Any) -> httpcore.Response:
             response = httpcore.Response(200, headers=[(b"content-length", b"2")], content=[b"ok"])
-            call.endpoint.active += 1
+            call.endpoint.acquire()
             response.stream = SyncMeshResponseStream(response.stream, call, call.endpoint)
             return response
 

@@ -159,31 +159,40 @@ class EndpointState:
     """One endpoint of one cluster: requests in flight and outlier memory.
 
     `active` is the endpoint's in-flight count (least request reads it). The endpoint tier
-    raises it when an attempt is sent and lowers it when the attempt ends (its body closed, or
-    it failed); lowering it also releases the attempt's slot in the cluster's circuit breaker.
+    raises it (`acquire`) when an attempt is sent and lowers it (`release`) when the attempt
+    ends (its body closed, or it failed); lowering it also releases the attempt's slot in the
+    cluster's circuit breaker. The count is the length of a deque whose `append` and `pop`
+    are atomic, so sync clients on many threads keep it exact without a lock (a read-modify-
+    write of an int, `active += 1`, can lose an update when threads switch in between).
     """
 
-    __slots__ = ("_active", "address", "breaker", "label", "outlier", "port", "spec")
+    __slots__ = ("_inflight", "address", "breaker", "label", "outlier", "port", "spec")
 
     def __init__(self, spec: EndpointSpec, breaker: CircuitBreaker | None = None) -> None:
         self.spec = spec
         self.address = spec.address
         self.port = spec.port
         self.label = spec.label
-        self._active = 0
+        self._inflight: deque[None] = deque()
         self.breaker = breaker or CircuitBreaker()
         self.outlier = OutlierState()
 
     @property
     def active(self) -> int:
         """Requests in flight to this endpoint."""
-        return self._active
+        return len(self._inflight)
 
-    @active.setter
-    def active(self, value: int) -> None:
-        if value < self._active:
-            self.breaker.release()
-        self._active = value
+    def acquire(self) -> None:
+        """One more attempt in flight."""
+        self._inflight.append(None)
+
+    def release(self) -> None:
+        """An attempt ended: one fewer in flight, and its circuit-breaker slot released."""
+        try:
+            self._inflight.pop()
+        except IndexError:  # never below zero
+            return
+        self.breaker.release()
 
     @property
     def weight(self) -> int:

@@ -209,7 +209,7 @@ class AsyncMeshResponseStream(httpx.AsyncByteStream):
         ep = self._endpoint
         if ep is not None:
             self._endpoint = None
-            ep.active -= 1
+            ep.release()
         close = getattr(self._stream, "aclose", None)
         if close is not None:
             await close()

@@ -646,11 +646,11 @@ class EndpointFilter:
         attempt = Attempt(ep.label)
         call.decision.attempts.append(attempt)
         start = clock()
-        ep.active += 1
+        ep.acquire()
         try:
             response = self.sender.send(call)
         except httpcore.TimeoutException as exc:
-            ep.active -= 1
+            ep.release()
             now = clock()
             if isinstance(exc, httpcore.PoolTimeout):
                 failure = Failure.OVERFLOW
@@ -664,16 +664,16 @@ class EndpointFilter:
                 failure = Failure.TIMEOUT
             return self._failed(call, attempt, failure, start, now, exc)
         except httpcore.ConnectError as exc:
-            ep.active -= 1
+            ep.release()
             return self._failed(call, attempt, Failure.CONNECT, start, clock(), exc)
         except httpcore.WriteError as exc:
-            ep.active -= 1
+            ep.release()
             return self._failed(call, attempt, Failure.RESET_BEFORE_REQUEST, start, clock(), exc)
         except (httpcore.NetworkError, httpcore.RemoteProtocolError) as exc:
-            ep.active -= 1
+            ep.release()
             return self._failed(call, attempt, Failure.RESET, start, clock(), exc)
         except BaseException:
-            ep.active -= 1
+            ep.release()
             raise
         now = clock()
         attempt.duration = now - start

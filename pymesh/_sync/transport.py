@@ -210,7 +210,7 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
         ep = self._endpoint
         if ep is not None:
             self._endpoint = None
-            ep.active -= 1
+            ep.release()
         close = getattr(self._stream, "close", None)
         if close is not None:
             close()

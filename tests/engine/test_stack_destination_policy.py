@@ -212,11 +212,11 @@ def test_circuit_breaker_caps_concurrency_queues_one_and_fails_the_rest_fast() -
         out = await first
         breaker = out.endpoint.breaker
         assert (breaker.active, breaker.pending) == (1, 1)
-        out.endpoint.active -= 1  # the body is closed: its slot goes to the pending call
+        out.endpoint.release()  # the body is closed: its slot goes to the pending call
         out2 = await second
         assert isinstance(out2, Outcome) and len(gate.sent) == 2
         assert (breaker.active, breaker.pending) == (1, 0)
-        out2.endpoint.active -= 1
+        out2.endpoint.release()
         assert breaker.active == 0
 
     asyncio.run(main())
@@ -398,7 +398,7 @@ def test_sync_twin_caps_concurrency_across_threads() -> None:
         call = make_call(snap, "reviews")
         try:
             out = top.handle(call)
-            out.endpoint.active -= 1  # body closed
+            out.endpoint.release()  # body closed
             results.append(out.status)
         except Exception as exc:
             results.append(exc)
