@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
@@ -93,7 +94,10 @@ class MetricsApp:
         if root and path.startswith(root):
             path = path[len(root) :]
         if path in PATHS or path in ("", "/"):
-            status, ctype, body = 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+            # rendered on a worker thread: with many series, or in multiprocess mode (other
+            # workers' files read), a scrape takes milliseconds the app's event loop keeps
+            text = await anyio.to_thread.run_sync(generate_latest, self.registry)
+            status, ctype, body = 200, CONTENT_TYPE_LATEST.encode(), text
         elif path == EXPLAIN_PATH and self.explain is not None:
             query = scope.get("query_string", b"").decode("latin-1")
             status, ctype, body = explain_response(self.explain, query)
