@@ -58,6 +58,7 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
     verify_peer: ClassVar[PeerVerifier | None] = None
 
     _tls: dict[str, Any] | None = None
+    _over_tls = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -65,6 +66,7 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         if ssl_object is None:
             self._tls = None
             return
+        self._over_tls = True
         peer: str | None = None
         verify = type(self).verify_peer
         if verify is not None and ssl_object.getpeercert(binary_form=True):
@@ -75,6 +77,16 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
                 transport.close()
                 return
         self._tls = tls_extension(ssl_object, peer)
+
+    def shutdown(self) -> None:
+        """The server is stopping: an idle TLS connection is dropped at once. Closing it
+        politely sends close_notify and waits for the client's (up to asyncio's 30 s), which
+        an idle pooled client never sends, so `stop()` would wait that long; uvicorn's own
+        graceful handling stays for connections with a request in flight."""
+        if self._over_tls and (self.cycle is None or self.cycle.response_complete):
+            self.transport.abort()
+            return
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -298,3 +298,24 @@ def test_curl_with_a_client_certificate_and_the_dns_san_name(
     wrong = [c.replace(name, "ratings.default.serviceaccount.identity.cluster.local") for c in cmd]
     bad = subprocess.run(wrong, capture_output=True, text=True, timeout=20)
     assert bad.returncode != 0
+
+
+@pytest.mark.parametrize("extra", ["", STRICT], ids=["permissive", "strict"])
+def test_stop_does_not_wait_for_idle_tls_clients(ca: CertificateAuthority, extra: str) -> None:
+    """An idle pooled TLS client never answers a close_notify: the server drops its idle TLS
+    connections at once on stop instead of waiting for it (uvicorn's graceful wait stays for
+    requests in flight)."""
+    import time
+
+    mesh = pymesh.Mesh.from_yaml(DENY_PRIVATE + extra, service="reviews", ca=ca)
+    srv = mesh.server(app).start()
+    client = httpx.Client(verify=identity(ca, "productpage").client_context())
+    try:
+        assert client.get(f"https://127.0.0.1:{srv.port}/reviews/1").status_code == 200
+        started = time.monotonic()
+        srv.stop(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        client.close()
+        mesh.close()
+    assert took < 5, f"stop() waited {took:.1f} s for an idle TLS client"
