@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ssl
 import tempfile
 import time
@@ -55,20 +56,16 @@ def _pair_handshake(
     c_done = s_done = False
     while not (c_done and s_done):
         if not c_done:
-            try:
+            with contextlib.suppress(ssl.SSLWantReadError):  # not yet: more bytes first
                 client.do_handshake()
                 c_done = True
-            except ssl.SSLWantReadError:
-                pass
         data = c_out.read()
         if data:
             s_in.write(data)
         if not s_done:
-            try:
+            with contextlib.suppress(ssl.SSLWantReadError):
                 server.do_handshake()
                 s_done = True
-            except ssl.SSLWantReadError:
-                pass
         data = s_out.read()
         if data:
             c_in.write(data)

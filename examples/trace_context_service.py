@@ -182,7 +182,7 @@ class CallbackReceiver:
                 self.wfile.write(b"null")
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """No line on stderr per callback."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -63,6 +63,7 @@ def peer_from_xfcc(
 
 
 ChainVerifier = Callable[[tuple[str, ...]], "str | None"]
+_UNSEEN = object()
 
 
 class SpiffeChainVerifier:
@@ -76,10 +77,9 @@ class SpiffeChainVerifier:
 
     def __call__(self, chain: tuple[str, ...]) -> str | None:
         """The verified SPIFFE ID, or None when the chain fails the checks."""
-        try:
-            return self._seen[chain]
-        except KeyError:
-            pass
+        seen = self._seen.get(chain, _UNSEEN)  # None is a result too: a refused chain
+        if seen is not _UNSEEN:
+            return seen  # type: ignore[return-value]
         try:
             der = [ssl.PEM_cert_to_DER_cert(pem) for pem in chain]
             got: str | None = verify_peer(

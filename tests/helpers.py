@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +27,13 @@ def shared_data(name: str) -> Path:
         if (base / name).is_file():
             return base / name
     raise FileNotFoundError(f"shared test data {name} not found beside the repository")
+
+
+def curl() -> str:
+    """The path of curl, the non-Python TLS client some tests use. `make test` installs it
+    (scripts/install-test-deps.sh); without it those tests fail rather than skip, so a run
+    that lacks it cannot pass for one that tested it."""
+    path = shutil.which("curl")
+    if path is None:
+        pytest.fail("curl is needed: run `make test` (it installs curl) or apt-get install curl")
+    return path

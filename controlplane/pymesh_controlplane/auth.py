@@ -19,6 +19,7 @@ does not know it; the first that knows it wins.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -105,12 +106,10 @@ def authenticate(authenticators: Sequence[Authenticator], header: str | None) ->
 def load_or_create_admin_token(data_dir: Path) -> tuple[str, bool]:
     """The admin token in `data_dir` (created 0600 if missing); True when it was created now."""
     path = data_dir / ADMIN_TOKEN_FILE
-    try:
+    with contextlib.suppress(FileNotFoundError):  # none yet: made below
         token = path.read_text(encoding="ascii").strip()
         if token:
             return token, False
-    except FileNotFoundError:
-        pass
     token = secrets.token_urlsafe(32)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -86,7 +86,7 @@ def encode_snapshot(view: View, revision: int, docs: list[dict[str, Any]]) -> Sn
 
 
 class _Closed(Exception):
-    pass
+    """The hub ended a subscription while its watcher waited on it."""
 
 
 class Subscription:

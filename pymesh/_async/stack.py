@@ -18,6 +18,7 @@ This file is the async source; `pymesh/_sync/stack.py` is generated from it by
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -51,6 +52,8 @@ from pymesh.snapshot import DestinationChoice, MirrorTarget, RouteEntry, Snapsho
 # Timeouts close to the deadline count as the deadline's (timer granularity).
 _SLACK = 0.002
 _TIMEOUTS = (Failure.ROUTE_TIMEOUT, Failure.PER_TRY_TIMEOUT, Failure.TIMEOUT)
+
+log = logging.getLogger("pymesh.client")
 
 
 class AsyncHandler(Protocol):
@@ -263,8 +266,8 @@ class MirrorFilter:
             outcome = await self.mirror_next.handle(call)
             if outcome.native is not None:
                 await _discard(outcome.native, call)
-        except Exception:  # a mirror never fails anything but itself
-            pass
+        except Exception as exc:  # a mirror never fails anything but itself: it is only logged
+            log.debug("mirror %s %s%s failed: %s", call.method, call.authority, call.path, exc)
         finally:
             self.slots.release()
 

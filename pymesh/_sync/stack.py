@@ -19,6 +19,7 @@ This file is the async source; `pymesh/_sync/stack.py` is generated from it by
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -52,6 +53,8 @@ from pymesh.snapshot import DestinationChoice, MirrorTarget, RouteEntry, Snapsho
 # Timeouts close to the deadline count as the deadline's (timer granularity).
 _SLACK = 0.002
 _TIMEOUTS = (Failure.ROUTE_TIMEOUT, Failure.PER_TRY_TIMEOUT, Failure.TIMEOUT)
+
+log = logging.getLogger("pymesh.client")
 
 
 class SyncHandler(Protocol):
@@ -264,8 +267,8 @@ class MirrorFilter:
             outcome = self.mirror_next.handle(call)
             if outcome.native is not None:
                 _discard(outcome.native, call)
-        except Exception:  # a mirror never fails anything but itself
-            pass
+        except Exception as exc:  # a mirror never fails anything but itself: it is only logged
+            log.debug("mirror %s %s%s failed: %s", call.method, call.authority, call.path, exc)
         finally:
             self.slots.release()
 

@@ -9,6 +9,7 @@ duplicate keys, unknown tags — become findings, never exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -113,10 +114,8 @@ class _Converter:
 
     def scalar(self, node: ScalarNode, path: str) -> object:
         if self.json_mode and node.style is None:
-            try:
+            with contextlib.suppress(ValueError):  # not JSON: read as YAML below
                 return json.loads(node.value)
-            except ValueError:
-                pass
         try:
             return self.constructor.construct_object(node)
         except yaml.YAMLError as exc:

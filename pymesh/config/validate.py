@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import difflib
 import importlib
 import ipaddress
@@ -474,11 +475,9 @@ def _host_problem(host: str) -> str:
         return "host must not be empty"
     if len(host) > 255:
         return "host name is too long"
-    try:
+    with contextlib.suppress(ValueError):  # not an address: checked as a name below
         ipaddress.ip_address(host)
         return ""
-    except ValueError:
-        pass
     labels = host.split(".")
     if not _WILDCARD_FIRST.match(labels[0]):
         return f"invalid host {q(host)}"

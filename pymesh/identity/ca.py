@@ -25,6 +25,7 @@ The CA is in-process and synchronous; the control plane puts the same object beh
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import math
@@ -672,11 +673,9 @@ def _check_chains_to_bundle(
         for root in roots:
             if current == root:
                 return
-            try:
+            with contextlib.suppress(ValueError, TypeError, InvalidSignature):  # not this root
                 current.verify_directly_issued_by(root)
                 return
-            except (ValueError, TypeError, InvalidSignature):
-                pass
         parent = None
         for candidate in pool:
             if candidate == current:

@@ -6,7 +6,6 @@ non-Python client."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 import threading
@@ -25,6 +24,7 @@ from pymesh.identity import (
     build_client_context,
     refusal_from_ssl_error,
 )
+from tests.helpers import curl as curl_binary
 from tests.identity.certkit import der, key_pem
 from tests.identity.tlskit import TLSServer, connect, get
 
@@ -263,13 +263,10 @@ def test_rotation_under_load_with_2s_leaves(ca: CertificateAuthority) -> None:
     assert server.renewal_failures == 0 and client.renewal_failures == 0
 
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-
-
-@needs_curl
 def test_curl_with_client_certificate_and_dns_san(ca: CertificateAuthority, tmp_path: Path) -> None:
     """curl, a non-Python client, verifies the server by its DNS SAN (name override with
     --resolve) and authenticates with an SVID; without the right name or a certificate it fails."""
+    curl_path = curl_binary()
     server = WorkloadIdentity.from_ca(ca, REVIEWS)
     key, svid = ca.issue(SpiffeId.workload(TD, "default", "curl"))
     cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
@@ -282,7 +279,7 @@ def test_curl_with_client_certificate_and_dns_san(ca: CertificateAuthority, tmp_
 
     def curl(host: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["curl", "-sS", "--max-time", "10", "--cacert", str(ca_file), *extra,
+            [curl_path, "-sS", "--max-time", "10", "--cacert", str(ca_file), *extra,
              "--resolve", f"{host}:{srv.port}:127.0.0.1", f"https://{host}:{srv.port}/"],
             capture_output=True, text=True, check=False, timeout=30,
         )  # fmt: skip

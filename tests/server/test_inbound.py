@@ -4,7 +4,6 @@ raw sockets for what httpx refuses to send, curl as a non-Python client)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import pymesh
 from pymesh.asgi import peer
 from pymesh.identity import CertificateAuthority, SpiffeId, WorkloadIdentity
-from tests.helpers import shared_data
+from tests.helpers import curl, shared_data
 
 pytestmark = pytest.mark.slow
 
@@ -259,7 +258,6 @@ def test_xfcc_from_the_network_is_ignored(permissive: tuple[pymesh.Mesh, Any]) -
     assert r.status_code == 403  # no identity claimed by a header
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_a_client_certificate_and_the_dns_san_name(
     strict: tuple[pymesh.Mesh, Any], ca: CertificateAuthority, tmp_path: Path
 ) -> None:
@@ -280,7 +278,7 @@ def test_curl_with_a_client_certificate_and_the_dns_san_name(
     (tmp_path / "ca.pem").write_text(ca.trust_bundle.pem())
     name = "reviews.default.serviceaccount.identity.cluster.local"
     cmd = [
-        "curl",
+        curl(),
         "-sS",
         "--cert",
         str(tmp_path / "cert.pem"),
