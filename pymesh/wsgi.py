@@ -12,7 +12,7 @@ comes from `X-Forwarded-Client-Cert` set by `pymesh-proxy`, trusted only with a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -25,7 +25,7 @@ from pymesh.xfcc import XfccSigner
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
-    from pymesh.telemetry.hub import MeshTelemetry
+    from pymesh.telemetry.hub import CallRecord, MeshTelemetry
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -125,6 +125,28 @@ def adding_headers(
     return start
 
 
+def start_record(
+    tel: MeshTelemetry, request: InboundRequest, environ: Mapping[str, Any]
+) -> CallRecord:
+    """The telemetry record of a served request, started from its converted form and its
+    WSGI-style environ (`HTTP_HOST`, `CONTENT_LENGTH`; Django's `request.META` too): trace
+    context from the propagation headers, transport, request id, body size."""
+    got = collect(request.headers)
+    rec = tel.inbound(
+        request.method,
+        str(environ.get("HTTP_HOST", "")),
+        request.target.partition(b"?")[0].decode("latin-1"),
+        got,
+    )
+    rec.mtls = request.transport == "mtls"
+    if got is not None:
+        rec.request_id = got.get("x-request-id")
+    length = environ.get("CONTENT_LENGTH")
+    if length and str(length).isdigit():
+        rec.bytes_in = int(length)
+    return rec
+
+
 class MeshMiddleware:
     """Apply the mesh's inbound policy to a WSGI app."""
 
@@ -173,19 +195,7 @@ class MeshMiddleware:
         to other threads through `pymesh.telemetry.wrap_executor`); the record is finished when
         the server closes the response iterable."""
         request = inbound_request(environ, self.xfcc_signer, self.unix_socket)
-        got = collect(request.headers)
-        rec = tel.inbound(
-            request.method,
-            str(environ.get("HTTP_HOST", "")),
-            request.target.partition(b"?")[0].decode("latin-1"),
-            got,
-        )
-        rec.mtls = request.transport == "mtls"
-        if got is not None:
-            rec.request_id = got.get("x-request-id")
-        length = environ.get("CONTENT_LENGTH")
-        if length and str(length).isdigit():
-            rec.bytes_in = int(length)
+        rec = start_record(tel, request, environ)
         verdict = self.policy().check(request)
         rec.peer = verdict.peer if verdict.served else request.peer
         if not verdict.served:

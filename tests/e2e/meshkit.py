@@ -12,7 +12,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import anyio
 import httpx
@@ -196,6 +198,33 @@ class ServerThread:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise RuntimeError("uvicorn backend did not stop in time")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line on stderr per request."""
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class WsgiThread:
+    """A wsgiref server (a thread per request) for a WSGI app on 127.0.0.1:0."""
+
+    def __init__(self, app: Any) -> None:
+        self.server = make_server(
+            "127.0.0.1", 0, app, _ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,20 +15,15 @@ this process too. The apps hold no tracing code: they call meshed clients, and r
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,6 +34,7 @@ from pymesh.telemetry import TelemetryConfig, current_trace, wrap_executor
 from pymesh.wsgi import MeshMiddleware as WsgiMeshMiddleware
 from tests.e2e.meshkit import (
     ServerThread,
+    WsgiThread,
     endpoint,
     route_to,
     service_entry,
@@ -57,15 +53,6 @@ DENY_PRIVATE = {
 
 
 # -- harness --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def exporter() -> Iterator[tuple[InMemorySpanExporter, TracerProvider]]:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    yield exp, provider
-    provider.shutdown()
 
 
 def entry(host: str, port: int) -> dict[str, Any]:
@@ -117,30 +104,6 @@ def django_project(urls: Urls, mesh: pymesh.Mesh) -> Iterator[None]:
         pymesh_django.close()  # closes `mesh`
         clear_url_caches()
         settings._wrapped = saved
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class WsgiThread:
-    """A wsgiref server (a thread per request) on 127.0.0.1:0."""
-
-    def __init__(self, app: Any) -> None:
-        self.server = make_server("127.0.0.1", 0, app, _ThreadingWSGIServer, handler_class=_Quiet)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 @contextlib.contextmanager

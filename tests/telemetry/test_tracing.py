@@ -5,16 +5,11 @@ threads (`wrap_executor`); the deadline travels along; B3 interop with plain Ope
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -22,50 +17,15 @@ import pymesh
 import pymesh.telemetry
 from pymesh.telemetry import TelemetryConfig, current_trace, wrap_executor
 from pymesh.wsgi import MeshMiddleware as WsgiMiddleware
-from tests.e2e.meshkit import endpoint, service_entry, to_yaml
+from tests.e2e.meshkit import WsgiThread, endpoint, service_entry, to_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def exporter() -> Iterator[tuple[InMemorySpanExporter, TracerProvider]]:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    yield exp, provider
-    provider.shutdown()
 
 
 def entry(host: str, port: int) -> dict[str, Any]:
     se = service_entry([endpoint(port, "v1")], host=host)
     se["spec"]["endpoints"][0]["labels"] = {"app": host}
     return se
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class WsgiThread:
-    """A wsgiref server (threaded per request) on 127.0.0.1:0."""
-
-    def __init__(self, app: Any) -> None:
-        from socketserver import ThreadingMixIn
-        from wsgiref.simple_server import WSGIServer
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-
-        self.server = make_server("127.0.0.1", 0, app, Server, handler_class=_Quiet)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 def test_connected_trace_across_asgi_wsgi_asgi_tasks_and_threads(exporter: Any) -> None:

@@ -48,10 +48,10 @@ from pymesh.asgi import inbound_request as asgi_inbound_request
 from pymesh.identity import SpiffeId
 from pymesh.inbound import InboundRequest, InboundVerdict
 from pymesh.mesh import Mesh
-from pymesh.telemetry.context import CURRENT, collect
+from pymesh.telemetry.context import CURRENT
 from pymesh.telemetry.hub import CallRecord, MeshTelemetry, attach_span, detach_span, refusal_flag
 from pymesh.wsgi import inbound_request as wsgi_inbound_request
-from pymesh.wsgi import served_environ
+from pymesh.wsgi import served_environ, start_record
 from pymesh_django.runtime import ProcessMesh, process_mesh
 
 log = logging.getLogger("pymesh.inbound")
@@ -196,20 +196,7 @@ class _Recording:
         """Start the record of a request this middleware decides (before the policy runs, so
         its span and duration cover the decision), from the propagation headers it carries
         (`meta`: `request.META`, for the Host and Content-Length)."""
-        got = collect(inbound.headers)
-        rec = tel.inbound(
-            inbound.method,
-            str(meta.get("HTTP_HOST", "")),
-            inbound.target.partition(b"?")[0].decode("latin-1"),
-            got,
-        )
-        rec.mtls = inbound.transport == "mtls"
-        if got is not None:
-            rec.request_id = got.get("x-request-id")
-        length = meta.get("CONTENT_LENGTH")
-        if length and str(length).isdigit():
-            rec.bytes_in = int(length)
-        return cls(tel, rec)
+        return cls(tel, start_record(tel, inbound, meta))
 
     def refused(self, response: Any, peer: str | None, flags: str, reason: str) -> None:
         """The middleware answered `response` itself: finish the record with it."""
