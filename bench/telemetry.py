@@ -112,6 +112,8 @@ def _span_around(tracer: Any, client: Any) -> Any:
             {
                 "server.address": "bench",
                 "network.protocol.version": "1.1",
+                "url.scheme": "http",
+                "url.full": "http://bench/",
                 "http.response.status_code": response.status_code,
                 "pymesh.response_flags": "-",
                 "pymesh.snapshot_version": "1",
