@@ -8,6 +8,7 @@ decided and tried, which travels back on the `Outcome` and on every error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # the mesh's own request header: the caller's workload metadata (Istio's metadata exchange,
@@ -136,10 +137,13 @@ class Call:
         "_headers",
         "attempt_deadline",
         "authority",
+        "bytes_in",
+        "bytes_out",
         "cluster",
         "deadline",
         "decision",
         "direction",
+        "duration",
         "endpoint",
         "hash_key",
         "host",
@@ -158,9 +162,21 @@ class Call:
         "send_headers",
         "send_target",
         "set_cookie",
+        "status",
+        "t0",
         "target",
+        "trace_headers",
+        "trace_id",
         "tried",
     )
+    # Telemetry's lean path keeps an unsampled client call's record on the call itself (see
+    # `pymesh.telemetry.hub.MeshTelemetry.unsampled`); these are set only there.
+    status: int | None
+    bytes_in: int
+    bytes_out: int
+    t0: float
+    duration: float
+    trace_id: int
 
     def __init__(
         self,
@@ -212,8 +228,9 @@ class Call:
         self.send_headers: list[tuple[bytes, bytes]] | None = None
         self.response_ops: Any = None
         # telemetry on: the workload metadata each attempt sends, with how long the next hop
-        # has left (`upstream_headers`)
+        # has left, and the trace-context headers (`upstream_headers`)
         self.mesh_metadata: bytes | None = None
+        self.trace_headers: Sequence[tuple[bytes, bytes]] = ()
 
     def header(self, name: str) -> str | None:
         """A request header by lower-case name; repeated headers joined by ','."""
@@ -230,10 +247,12 @@ class Call:
 
     def upstream_headers(self, now: float) -> list[tuple[bytes, bytes]]:
         """What a sender sends for this attempt: `send_headers` (else the native request's raw
-        headers), plus, with telemetry on, the mesh header: the workload metadata and the
-        attempt's remaining deadline in milliseconds when it has one — the route timeout, a
-        per-try timeout or a deadline inherited from the request being served, whichever ends
-        first (Envoy's `x-envoy-expected-rq-timeout-ms`, also written per attempt)."""
+        headers), plus, with telemetry on, the trace-context headers and the mesh header: the
+        workload metadata and the attempt's remaining deadline in milliseconds when it has one
+        — the route timeout, a per-try timeout or a deadline inherited from the request being
+        served, whichever ends first (Envoy's `x-envoy-expected-rq-timeout-ms`, also written
+        per attempt). They go after the route's header operations, as Envoy's router adds its
+        tracing headers to the upstream request."""
         headers = self.send_headers
         if headers is None:
             headers = self.native.headers.raw
@@ -242,7 +261,7 @@ class Call:
             deadline = self.attempt_deadline
             if deadline != _INF:
                 meta = b"%s;%d" % (meta, max(0, int((deadline - now) * 1000)))
-            headers = [*headers, (MESH_HEADER_RAW, meta)]
+            headers = [*headers, *self.trace_headers, (MESH_HEADER_RAW, meta)]
         return headers
 
     def __repr__(self) -> str:

@@ -161,7 +161,8 @@ def _transform_request(call: Call, entry: RouteEntry, choice: DestinationChoice)
     levels = [ops for ops in (choice.request_ops, entry.request_ops) if ops is not None]
     authority = entry.authority or choice.authority
     if levels or authority:
-        # from what the edge already put together (telemetry's propagation headers), if any
+        # from what the edge already put together (the caller's headers less the trace
+        # headers telemetry writes itself), if anything
         base = call.send_headers if call.send_headers is not None else call.raw_headers()
         headers = apply_header_ops(base, levels)
         if authority:
@@ -294,6 +295,8 @@ def _mirror_call(call: Call, cluster: Any, now: float, route: RouteEntry) -> Cal
         deadline=now + (route.timeout or MIRROR_TIMEOUT),
     )
     copy.send_headers = with_authority(headers, copy.authority)
+    copy.mesh_metadata = call.mesh_metadata  # telemetry on: the same trace context goes along
+    copy.trace_headers = call.trace_headers
     copy.route = route
     copy.cluster = cluster
     copy.decision.route = f"mirror of {route.name}"

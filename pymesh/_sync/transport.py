@@ -32,7 +32,7 @@ from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
 from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, sync_lean_pool
 from pymesh._sync.stack import RouterFilter, SyncSender, build_client_stack, egress_denied
 from pymesh._tls import OutboundTls
-from pymesh.call import Call, Decision, Outcome
+from pymesh.call import MESH_HEADER_RAW, Call, Decision, Outcome
 from pymesh.errors import CallError, MeshError
 from pymesh.identity import refusal_from_ssl_error
 from pymesh.policy.header_ops import apply_header_ops
@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 
 _INF = float("inf")
 _LOWER_NAME = operator.itemgetter(1)  # of httpx's (raw name, lower name, value) header triples
+# the request headers telemetry writes (`PROPAGATED`) or reads (x-request-id, for the record)
+_NOTED = PROPAGATED | {b"x-request-id"}
 DEFAULT_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 _monotonic = time.monotonic
+_perf = time.perf_counter
 
 
 def _clamp(timeout: float | None, exc: type[Exception]) -> float | None:
@@ -160,12 +163,19 @@ class SyncDeadlineBackend(httpcore.NetworkBackend):
 
 class SyncMeshResponseStream(httpx.SyncByteStream):
     """The body of a meshed response: read under the attempt's deadline, errors mapped to
-    httpx's (a deadline is a `pymesh.MeshTimeoutError`), the endpoint released on close."""
+    httpx's (a deadline is a `pymesh.MeshTimeoutError`), the endpoint released on close. With
+    telemetry on, the transport hands the final attempt's body the call's record (`record`):
+    the bytes read are counted into it and it is finished on close — no second wrapper."""
 
     def __init__(self, stream: Any, call: Call, endpoint: EndpointState) -> None:
         self._stream = stream
         self._call = call
         self._endpoint: EndpointState | None = endpoint
+        self.received = 0  # body bytes read so far
+        # telemetry on: the call's record (a `CallRecord`, or the `Call` itself when
+        # unsampled) and what finishes it on close, with the body bytes read
+        self.record: Any = None
+        self.on_close: Callable[[Any, int], None] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         call = self._call
@@ -185,6 +195,7 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
                 raise map_httpcore(exc, call.native) from exc
             finally:
                 DEADLINE.reset(token)
+            self.received += len(chunk)
             yield chunk
 
     def _timeout(self, exc: Exception) -> Exception:
@@ -206,14 +217,21 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
         return out
 
     def close(self) -> None:
-        """Close the body and release the endpoint's in-flight count (once)."""
+        """Close the body, release the endpoint's in-flight count and finish the call's
+        record (each once)."""
         ep = self._endpoint
         if ep is not None:
             self._endpoint = None
             ep.release()
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            rec = self.record
+            if rec is not None:
+                self.record = None
+                self.on_close(rec, self.received)  # type: ignore[misc]
 
 
 class SyncRecordedStream(httpx.SyncByteStream):
@@ -445,10 +463,10 @@ class MeshTransport(httpx.BaseTransport):
     ) -> httpx.Response:
         """`handle_async_request` with telemetry on: the trace context, the remaining deadline
         and the peer metadata go out as headers; the record is finished when the call fails,
-        or when the response body is closed (bytes counted as it is read)."""
+        or when the response body is closed (bytes counted as it is read). An unsampled call
+        takes the lean path (`MeshTelemetry.unsampled`): its `Call` is its record."""
         url = request.url
         headers = request.headers
-        authority = headers.get("host", "")
         decision = Decision(stack.snapshot.version, host)
         call = Call(
             direction="outbound",
@@ -456,7 +474,7 @@ class MeshTransport(httpx.BaseTransport):
             scheme=url.scheme,
             host=host,
             port=port,
-            authority=authority,
+            authority=headers.get("host", ""),
             method=request.method,
             target=url.raw_path,
             headers=headers,
@@ -464,56 +482,76 @@ class MeshTransport(httpx.BaseTransport):
             replayable=isinstance(request.stream, httpx.ByteStream),
             decision=decision,
         )
-        rec = tel.outbound(request.method, authority, call.path)
-        rec.decision = decision
-        rec.request_headers = headers
-        ctx = rec.trace
-        assert ctx is not None
-        call.deadline = call.attempt_deadline = ctx.deadline
-        call.mesh_metadata = tel.peer_metadata  # and the deadline, per attempt
-        # The propagation headers go straight into the raw header list the sender sends (the
-        # route tier's header operations start from it): httpx's `Headers.__setitem__` costs
-        # more than the rest of an unsampled call's telemetry. The caller's own copies of
-        # those headers are replaced. `_list` is httpx's (raw name, lower name, value) list.
-        pairs = tel.outbound_pairs(rec)
+        # The trace context goes out with each attempt, after the route's header operations,
+        # with the workload metadata and the remaining deadline (`Call.upstream_headers`): raw
+        # pairs, never httpx's `Headers.__setitem__`, which costs more than the rest of an
+        # unsampled call's telemetry.
+        call.mesh_metadata = tel.peer_metadata
+        # A request with none of the headers telemetry writes or reads (the usual case;
+        # `_list` is httpx's (raw name, lower name, value) list, checked in C) and unsampled
+        # takes the lean path: its `Call` carries its trace.
         items = headers._list
-        if PROPAGATED.isdisjoint(map(_LOWER_NAME, items)):  # the usual case, checked in C
-            raw = [(name, value) for name, _, value in items]
+        plain = _NOTED.isdisjoint(map(_LOWER_NAME, items))
+        lean = tel.unsampled() if plain else None
+        rec: CallRecord | None = None
+        if lean is not None:
+            call.trace_id, call.trace_headers, call.deadline = lean
+            call.attempt_deadline = call.deadline
+            call.t0 = _perf()
         else:
-            names = {name for name, _ in pairs}
-            raw = [(name, value) for name, lower, value in items if lower not in names]
-        raw += pairs
+            rec = tel.outbound(request.method, call.authority, call.path)
+            rec.decision = decision
+            rec.request_headers = headers
+            ctx = rec.trace
+            assert ctx is not None
+            call.deadline = call.attempt_deadline = ctx.deadline
+            pairs = call.trace_headers = tel.outbound_pairs(rec)
+            if not plain:  # the caller's own copies of the headers written here are dropped
+                names = {name for name, _ in pairs}
+                names.add(MESH_HEADER_RAW)
+                call.send_headers = [(n, v) for n, low, v in items if low not in names]
         stream = request.stream
         if type(stream) is httpx.ByteStream:
-            rec.bytes_in = len(stream._stream)  # the buffered body (httpx's attribute)
+            bytes_in = len(stream._stream)  # the buffered body (httpx's attribute)
         else:
             length = headers.get("content-length")
-            if length is not None and length.isdigit():
-                rec.bytes_in = int(length)
-        call.send_headers = raw
+            bytes_in = int(length) if length is not None and length.isdigit() else 0
         stats = stack.runtime.edge_stats
         start = _monotonic()
         try:
             outcome = stack.handle(call)
         except CallError as exc:
             stats.record(host, True, _monotonic() - start)
-            rec.endpoint = call.endpoint
-            tel.finish(rec)
+            tel.finish_failed(rec, call, bytes_in, "")
             raise to_httpx(exc, request) from exc.__cause__
         except BaseException:
-            rec.endpoint = call.endpoint
-            rec.reason = "cancelled or failed in the client"
-            tel.finish(rec)
+            tel.finish_failed(rec, call, bytes_in, "cancelled or failed in the client")
             raise
         stats.record(host, (outcome.status or 0) >= 500, _monotonic() - start)
-        rec.endpoint = outcome.endpoint or call.endpoint
+        if outcome.endpoint is not None:
+            call.endpoint = outcome.endpoint
         response = self._response(call, outcome)
-        rec.status = response.status_code
-        if type(outcome.native) is LocalReply:
+        body = response.stream
+        if rec is None:
+            call.status = response.status_code
+            call.bytes_in = bytes_in
+            if isinstance(body, SyncMeshResponseStream):  # the sender's: it finishes the call
+                body.record = call
+                body.on_close = tel.finish_call
+                return response
+            rec = tel.record_of(call)  # a local reply: no lean record
+        else:
+            rec.status = response.status_code
+            rec.bytes_in = bytes_in
+        rec.endpoint = call.endpoint
+        if isinstance(body, SyncMeshResponseStream):
+            body.record = rec
+            body.on_close = tel.finish_body
+        elif type(outcome.native) is LocalReply:
             rec.bytes_out = len(outcome.native.body)
             tel.finish(rec)
-            return response
-        response.stream = SyncRecordedStream(response.stream, rec, tel)
+        else:
+            response.stream = SyncRecordedStream(body, rec, tel)
         return response
 
     def _passed_recorded(

@@ -487,6 +487,7 @@ class MeshBody(AsyncMeshResponseStream):
         body: ResponseBody = self._stream
         chunk = body.take()  # the usual case: the body is already here
         if chunk is not None:
+            self.received += len(chunk)
             return chunk
         if body.ended:
             raise StopAsyncIteration
@@ -501,6 +502,7 @@ class MeshBody(AsyncMeshResponseStream):
             raise map_httpcore(exc, call.native) from exc
         except Exception as exc:
             raise map_httpcore(exc, self._call.native) from exc
+        self.received += len(chunk)
         return chunk
 
 

@@ -13,6 +13,7 @@ telemetry is off: edges test `mesh.telemetry is None` and take their old path.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from pymesh.call import Decision
+from pymesh.call import Call, Decision
 from pymesh.telemetry.context import (
     CURRENT,
     PEER_HEADER,
@@ -41,6 +42,13 @@ access_logger = logging.getLogger("pymesh.access")
 _INF = float("inf")
 _rand = random.getrandbits  # ids need uniqueness, not secrecy (`or 1`: never zero)
 _MAX_CACHED = 10_000  # series-cache entries per direction (label tuples are bounded anyway)
+# finished records are counted in batches of about this many (and before every read)
+# an unsampled client call's entry in the explain ring (`MeshTelemetry.finish_call`): (t0,
+# duration, status, request bytes, response bytes, trace id, decision, endpoint, method,
+# authority, path)
+_Lean = tuple[float, float, int | None, int, int, int, Decision, Any, str, str, str]
+
+
 _perf = time.perf_counter
 _monotonic = time.monotonic
 
@@ -84,6 +92,18 @@ def _otel() -> Any:
             ERROR=StatusCode.ERROR,
         )
     return _OTEL
+
+
+def _otel_current_getter(ot: Any) -> Callable[[], Any]:
+    """What reads OpenTelemetry's current context: the `get` of the context variable behind it
+    when OpenTelemetry keeps it in one (its default runtime context), which skips two Python
+    calls per meshed call; else `opentelemetry.context.get_current`."""
+    from opentelemetry import context
+
+    var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(var, contextvars.ContextVar):
+        return var.get
+    return ot.get_current  # type: ignore[no-any-return]
 
 
 class CallRecord:
@@ -232,14 +252,24 @@ class MeshTelemetry:
         if config.metrics:
             self.metrics = IstioMetrics(self.registry, config.max_series)
             self.registry.register(HealthCollector(mesh))
-        self.recent: deque[CallRecord] = deque(maxlen=config.explain_size)
+        self.recent: deque[CallRecord | _Lean] = deque(maxlen=config.explain_size)
         self._log = _writer(config.access_log)
         self._log_share = config.access_log_sampling
         self.sampling = config.sampling
         self.propagation = Propagation(config.propagation)
+        # W3C trace context and baggage only (the default): a root's headers are one
+        # `traceparent` (baggage is only ever passed on)
+        self._w3c_only = set(config.propagation) <= {"tracecontext", "baggage"} and (
+            self.propagation.tracecontext
+        )
         self._rng = random.Random()
+        # unsampled client calls take the lean path (`unsampled`) unless every call is sampled
+        # or access-logged
+        self.lean = (config.access_log is None or config.access_log is False) and (
+            self.sampling < 1.0
+        )
         ot = _otel()
-        self._otel_current = ot.get_current
+        self._otel_current = _otel_current_getter(ot)
         self._otel_span = ot.get_current_span
         self._tracer: Any = None
         self._tracer_from = config.tracer_provider
@@ -408,6 +438,125 @@ class MeshTelemetry:
         span.end(end_time=int((rec.start + rec.duration) * 1e9))
 
     # -- records -----------------------------------------------------------------------------
+    # -- the lean path: unsampled client calls -----------------------------------------------
+    def unsampled(self) -> tuple[int, list[tuple[bytes, bytes]], float] | None:
+        """The trace of a new client call when it is unsampled and needs no record of its own
+        — (trace id, trace-context headers, deadline) — or None: the call takes the full path
+        (`outbound`: sampled, access-logged, or inside an app's own OpenTelemetry span).
+
+        Why there are two paths: an unsampled call's telemetry must cost a few µs, and in a
+        request path as long as httpx's, what is kept past the call costs most — objects kept
+        in the explain ring are freed a hundred calls later, out of the CPU's caches (measured:
+        docs/performance.md). On this path there is no record object and no trace-context
+        object: the call carries its ids, and `finish_call` keeps a small tuple for `explain`.
+        """
+        if not self.lean:
+            return None
+        parent = CURRENT.get()
+        if parent is None:
+            if self._otel_current():  # the app's own context (an empty one is falsy)
+                return None
+            if self._rng.random() < self.sampling:  # never with 0.0
+                return None
+            trace_id = _rand(128) or 1
+            if self._w3c_only:  # the default: one `traceparent`, made here
+                value = b"00-%032x-%016x-00" % (trace_id, _rand(64) or 1)
+                return trace_id, [(b"traceparent", value)], _INF
+            ctx = TraceContext(trace_id, _rand(64) or 1, 0, False)
+            return trace_id, self.propagation.pairs(ctx), _INF
+        if parent.sampled:
+            return None
+        ctx = TraceContext(
+            parent.trace_id,
+            _rand(64) or 1,
+            parent.span_id,
+            False,
+            parent.tracestate,
+            parent.baggage,
+        )
+        return parent.trace_id, self.propagation.pairs(ctx), parent.deadline
+
+    def finish_call(self, call: Call, received: int) -> None:
+        """An unsampled call's response body was closed after `received` bytes: count it and
+        keep a small entry for `explain` (the call itself is not kept)."""
+        t0 = call.t0
+        duration = _perf() - t0
+        d = call.decision
+        ep = call.endpoint
+        status = call.status
+        self.recent.append(
+            (
+                t0,
+                duration,
+                status,
+                call.bytes_in,
+                received,
+                call.trace_id,
+                d,
+                ep,
+                call.method,
+                call.authority,
+                call.path,
+            )
+        )
+        metrics = self.metrics
+        if metrics is not None:
+            flags = d.response_flags
+            key = (d.service, ep, status, flags)
+            series = self._out_series.get(key)
+            if series is None:
+                series = self._series_out(key, d, call.authority)
+            metrics.observe(series, duration * 1000, call.bytes_in, received)
+            if d.flags or len(d.attempts) > 1:
+                self._health(metrics, d)
+
+    def finish_failed(
+        self, rec: CallRecord | None, call: Call, bytes_in: int, reason: str = ""
+    ) -> None:
+        """Finish the record of a client call that failed (`rec` None: an unsampled call's,
+        made from `call` now)."""
+        if rec is None:
+            rec = self.record_of(call)
+        rec.bytes_in = bytes_in
+        rec.endpoint = call.endpoint
+        if reason:
+            rec.reason = reason
+        self.finish(rec)
+
+    def finish_body(self, rec: CallRecord, received: int) -> None:
+        """`finish` a call whose response body was closed after `received` bytes."""
+        rec.bytes_out = received
+        self.finish(rec)
+
+    def record_of(self, call: Call) -> CallRecord:
+        """The full record of an unsampled call that takes the full path after all (it failed,
+        or its reply was made locally)."""
+        rec = CallRecord("outbound", call.method, call.authority, call.path)
+        rec.t0 = call.t0
+        rec.start = time.time() - (_perf() - call.t0)
+        rec.status = getattr(call, "status", None)
+        rec.decision = call.decision
+        rec.endpoint = call.endpoint
+        rec.request_headers = call._headers
+        rec.trace = TraceContext(call.trace_id, 0, 0, False)
+        return rec
+
+    @staticmethod
+    def _lean_record(entry: _Lean) -> CallRecord:
+        """The record an explain-ring entry of an unsampled call stands for."""
+        t0, duration, status, bytes_in, bytes_out, trace_id, d, ep, method, authority, path = entry
+        rec = CallRecord("outbound", method, authority, path)
+        rec.t0 = t0
+        rec.start = time.time() - (_perf() - t0)
+        rec.duration = duration
+        rec.status = status
+        rec.bytes_in = bytes_in
+        rec.bytes_out = bytes_out
+        rec.trace = TraceContext(trace_id, 0, 0, False)
+        rec.decision = d
+        rec.endpoint = ep
+        return rec
+
     def outbound(self, method: str, authority: str, path: str) -> CallRecord:
         """Start the record of a client call, with its trace context (span if sampled)."""
         rec = CallRecord("outbound", method, authority, path)
@@ -466,13 +615,13 @@ class MeshTelemetry:
             d = rec.decision
             flags = d.response_flags if d is not None and d.flags else (rec.flags or "-")
             if rec.direction == "outbound":
-                host = d.service if d is not None else rec.authority
-                key: tuple[Any, ...] = (host, rec.endpoint, rec.status, flags)
+                if d is None:  # a passthrough call (a host outside the mesh)
+                    key: tuple[Any, ...] = (rec.authority, None, rec.status, flags)
+                else:
+                    key = (d.service, rec.endpoint, rec.status, flags)
                 series = self._out_series.get(key)
                 if series is None:
-                    series = metrics.series(self._outbound_labels(rec, flags))
-                    if len(self._out_series) < _MAX_CACHED:
-                        self._out_series[key] = series
+                    series = self._series_out(key, d, rec.authority)
                 if d is not None and (d.flags or len(d.attempts) > 1):
                     self._health(metrics, d)
             else:
@@ -491,6 +640,17 @@ class MeshTelemetry:
             self._end_span(rec, ctx.span)
             ctx.span = None  # ended: the explain ring keeps the ids, not the SDK's span
 
+    def _series_out(self, key: tuple[Any, ...], d: Decision | None, authority: str) -> Series:
+        """The series of a client call's key (service, endpoint, status, flags), made on first
+        use and cached."""
+        metrics = self.metrics
+        assert metrics is not None
+        _, ep, status, flags = key
+        series = metrics.series(self._outbound_labels(d, ep, status, authority, flags))
+        if len(self._out_series) < _MAX_CACHED:
+            self._out_series[key] = series
+        return series
+
     def _health(self, metrics: IstioMetrics, d: Decision) -> None:
         flags = d.flags
         n = len(d.attempts)
@@ -505,12 +665,12 @@ class MeshTelemetry:
             else:
                 metrics.circuit_open.labels(service).inc()
 
-    def _outbound_labels(self, rec: CallRecord, flags: str) -> tuple[str, ...]:
-        d = rec.decision
-        ep = rec.endpoint
-        code = str(rec.status or 0)
+    def _outbound_labels(
+        self, d: Decision | None, ep: Any, status: int | None, authority: str, flags: str
+    ) -> tuple[str, ...]:
+        code = str(status or 0)
         if d is None:  # a passthrough call (a host outside the mesh), as Istio labels them
-            host = rec.authority.rpartition(":")[0] or rec.authority
+            host = authority.rpartition(":")[0] or authority
             dst = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, host, "PassthroughCluster", UNKNOWN)
             return ("source", *self._self, *dst, "http", code, "", flags, "none")
         host = d.service
@@ -544,7 +704,12 @@ class MeshTelemetry:
     def explain(self, last: int = 10) -> list[dict[str, Any]]:
         """The records of the last `last` finished calls, oldest first."""
         recent = list(self.recent)
-        return [r.as_dict() for r in recent[-last:]] if last > 0 else []
+        if last <= 0:
+            return []
+        return [
+            (r if isinstance(r, CallRecord) else self._lean_record(r)).as_dict()
+            for r in recent[-last:]
+        ]
 
     def metrics_text(self) -> bytes:
         """This mesh's metrics in Prometheus' text format."""

@@ -3,8 +3,12 @@
 How this works: `IstioMetrics` defines Istio's metrics with Istio's names, types, buckets and
 labels (so Istio's Grafana dashboards and Kiali's queries read them unchanged). A finished call
 is counted by `observe(series, ...)` into the `Series` of its label tuple (the edge caches the
-series per destination, endpoint, code and flags, so a call costs a dict lookup, a lock and a
-few additions); a collector renders the series at scrape time. Cardinality is bounded:
+series per destination, endpoint, code and flags); a collector renders the series at scrape
+time. `observe` does not take a lock or touch a bucket: it appends the call's three values to
+the series' raw `array` (one C call, atomic under the GIL, no Python object kept), and the
+raw values are folded into counts and buckets under the lock when something reads the series
+(`snapshot`, `observed`) or the raw array grows past a few thousand values. What a scrape shows
+is exact. Cardinality is bounded:
 past `max_series` label tuples, new tuples lose their principals and workload names
 ("unknown"), which keeps the count of series bounded by services × codes × flags.
 
@@ -23,7 +27,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from bisect import bisect_left as _bisect
+from array import array
+from bisect import bisect_right as _bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -92,14 +97,20 @@ _LE = (*(floatToGoString(b) for b in BUCKETS), "+Inf")  # type: ignore[no-untype
 UNKNOWN = "unknown"
 
 
+_FOLD_AT = 3 * 1024  # raw values a series keeps before `observe` folds them (1024 calls)
+
+
 class Series:
     """The request metrics of one label tuple: the count, and per histogram the sum and the
-    per-bucket counts (not cumulative; the last slot is +Inf). Updated under the owner's lock."""
+    per-bucket counts (not cumulative; the last slot is +Inf), updated under the owner's lock
+    by `IstioMetrics.fold`; `raw` holds the calls observed since, three values each (duration in
+    ms, request bytes, response bytes)."""
 
-    __slots__ = ("count", "dur", "dur_sum", "labels", "req", "req_sum", "resp", "resp_sum")
+    __slots__ = ("count", "dur", "dur_sum", "labels", "raw", "req", "req_sum", "resp", "resp_sum")
 
     def __init__(self, labels: tuple[str, ...]) -> None:
         self.labels = labels
+        self.raw = array("d")
         self.count = 0
         self.dur_sum = 0.0
         self.req_sum = 0
@@ -120,7 +131,8 @@ class IstioMetrics:
     not in prometheus_client's `Counter` / `Histogram`, and rendered by a collector at scrape
     time: prometheus_client takes a lock and walks the buckets per observation of each metric
     (~1.5 µs for the four), which is half of the per-call budget telemetry has. One `Series` per
-    label tuple, one lock, three `bisect`s: a fraction of that. The exposition is the same."""
+    label tuple, its calls appended raw and bucketed in batches when read: a fraction of that.
+    The exposition is the same."""
 
     def __init__(
         self, registry: CollectorRegistry, max_series: int = 2000, metrics_dir: str | None = None
@@ -197,20 +209,45 @@ class IstioMetrics:
         return got
 
     def observe(self, series: Series, duration_ms: float, bytes_in: int, bytes_out: int) -> None:
-        """Count one finished request in `series`."""
+        """Count one finished request in `series` (see the module's header: appended raw,
+        folded into buckets when read)."""
+        raw = series.raw
+        raw.extend((duration_ms, bytes_in, bytes_out))
+        if len(raw) >= _FOLD_AT:
+            self.fold(series)
+
+    def fold(self, series: Series) -> None:
+        """Fold `series`' raw values into its count and buckets. Other threads may append
+        meanwhile: what they add after the length is read stays for the next fold (`extend`
+        of a tuple and `del` of a slice are each atomic under the GIL)."""
         with self._lock:
-            series.count += 1
-            series.dur_sum += duration_ms
-            series.dur[_bisect(BUCKETS, duration_ms)] += 1
-            series.req_sum += bytes_in
-            series.req[_bisect(BUCKETS, bytes_in)] += 1
-            series.resp_sum += bytes_out
-            series.resp[_bisect(BUCKETS, bytes_out)] += 1
+            raw = series.raw
+            n = len(raw)
+            n -= n % 3
+            if not n:
+                return
+            values = raw[:n]
+            del raw[:n]
+            durations, requests, responses = values[0::3], values[1::3], values[2::3]
+            _add_buckets(series.dur, durations)
+            _add_buckets(series.req, requests)
+            _add_buckets(series.resp, responses)
+            series.count += n // 3
+            series.dur_sum += sum(durations)
+            series.req_sum += int(sum(requests))
+            series.resp_sum += int(sum(responses))
+
+    def _fold_all(self) -> None:
+        for series in list(self._series.values()):
+            if series.raw:
+                self.fold(series)
 
     def snapshot(
         self,
     ) -> list[tuple[tuple[str, ...], int, float, list[int], int, list[int], int, list[int]]]:
-        """A consistent copy of every series (for the collector)."""
+        """A consistent copy of every series (for the collector), every call observed so far
+        counted."""
+        self._fold_all()
         with self._lock:
             return [
                 (s.labels, s.count, s.dur_sum, s.dur[:], s.req_sum, s.req[:], s.resp_sum, s.resp[:])
@@ -227,6 +264,7 @@ class IstioMetrics:
 
     def observed(self) -> tuple[int, int]:
         """(requests counted, series): a cheap sign of change for the multiprocess writer."""
+        self._fold_all()
         with self._lock:
             return sum(s.count for s in self._series.values()), len(self._series)
 
@@ -250,6 +288,7 @@ class IstioMetrics:
         self._lock = threading.Lock()
         n = len(BUCKETS) + 1
         for s in self._series.values():
+            del s.raw[:]
             s.count = 0
             s.dur_sum = 0.0
             s.req_sum = 0
@@ -262,6 +301,19 @@ class IstioMetrics:
 
     def __repr__(self) -> str:
         return f"IstioMetrics(series={len(self._series)}, max_series={self.max_series})"
+
+
+def _add_buckets(counts: list[int], values: array[float]) -> None:
+    """Add `values` to per-bucket `counts` (a value goes in the first bucket whose bound is not
+    below it; the last slot is +Inf): sorted once in C, then one `bisect` per bound — a few
+    hundred nanoseconds per value less than a `bisect` per value."""
+    ordered = sorted(values)
+    below = 0
+    for i, bound in enumerate(BUCKETS):
+        upto = _bisect_right(ordered, bound, below)
+        counts[i] += upto - below
+        below = upto
+    counts[-1] += len(ordered) - below
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
