@@ -500,7 +500,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         else:
             rec = tel.outbound(request.method, call.authority, call.path)
             rec.decision = decision
-            rec.request_headers = headers
+            if not plain:  # (a plain request has no x-request-id)
+                rec.request_id = headers.get("x-request-id")
             ctx = rec.trace
             assert ctx is not None
             call.deadline = call.attempt_deadline = ctx.deadline
@@ -562,7 +563,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         traffic."""
         headers = request.headers
         rec = tel.outbound(request.method, headers.get("host", ""), request.url.path)
-        rec.request_headers = headers
+        rec.request_id = headers.get("x-request-id")
         tel.outbound_headers(rec, headers.__setitem__)
         length = headers.get("content-length")
         if length is not None and length.isdigit():

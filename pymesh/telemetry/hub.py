@@ -125,7 +125,6 @@ class CallRecord:
         "peer",
         "peer_meta",
         "reason",
-        "request_headers",
         "request_id",
         "start",
         "status",
@@ -150,7 +149,6 @@ class CallRecord:
         self.peer: str | None = None  # the caller's principal (inbound)
         self.peer_meta = ""  # the caller's workload metadata, x-pymesh-peer (inbound)
         self.request_id: str | None = None
-        self.request_headers: Any = None  # the client request's headers: x-request-id, lazily
         self.trace: TraceContext | None = None
         self.endpoint: Any = None  # the EndpointState of the last attempt (outbound)
         self.mtls = False
@@ -183,8 +181,7 @@ class CallRecord:
             "upstream_cluster": (d.destination or None) if d is not None else None,
             "route_name": (d.route or None) if d is not None else None,
             "authority": self.authority,
-            "x_request_id": self.request_id
-            or (self.request_headers.get("x-request-id") if self.request_headers else None),
+            "x_request_id": self.request_id,
             "trace_id": self.trace.trace_id_hex if self.trace is not None else None,
             "downstream_peer_principal": self.peer,
             "reason": self.reason or (d.reason if d is not None else "") or None,
@@ -268,7 +265,7 @@ class MeshTelemetry:
         self.lean = (config.access_log is None or config.access_log is False) and (
             self.sampling < 1.0
         )
-        ot = _otel()
+        ot = self._ot = _otel()
         self._otel_current = _otel_current_getter(ot)
         self._otel_span = ot.get_current_span
         self._tracer: Any = None
@@ -354,7 +351,7 @@ class MeshTelemetry:
 
     def start_span(self, ctx: TraceContext, rec: CallRecord, kind: str) -> None:
         """Start the OTel span of a sampled call; its span id becomes the context's."""
-        ot = _otel()
+        ot = self._ot
         parent_span = ctx.span
         if parent_span is None or parent_span.get_span_context().trace_id != ctx.trace_id:
             if ctx.parent_id:
@@ -372,7 +369,7 @@ class MeshTelemetry:
                 parent_span = None
         # a root gets an empty context: not the app's current span
         parent = ot.set_span_in_context(parent_span) if parent_span is not None else ot.Context()
-        span = self.tracer().start_span(
+        span = (self._tracer or self.tracer()).start_span(
             rec.method,
             context=parent,
             kind=ot.CLIENT if kind == "client" else ot.SERVER,
@@ -385,10 +382,11 @@ class MeshTelemetry:
         # SDK) hands back the parent's context: keep pymesh's own new span id then, so each hop
         # still gets its own parent id
         parent_id = parent_span.get_span_context().span_id if parent_span is not None else 0
-        if sc.is_valid and sc.span_id != parent_id:
+        span_id = sc.span_id
+        if span_id and span_id != parent_id:  # (a valid span context has a non-zero span id)
             ctx.trace_id = sc.trace_id
-            ctx.span_id = sc.span_id
-            ctx.sampled = sc.trace_flags.sampled
+            ctx.span_id = span_id
+            ctx.sampled = bool(sc.trace_flags & 1)  # TraceFlags is an int: bit 0 is "sampled"
 
     def _end_span(self, rec: CallRecord, span: Any) -> None:
         host, _, port = rec.authority.rpartition(":")
@@ -456,7 +454,8 @@ class MeshTelemetry:
         if parent is None:
             if self._otel_current():  # the app's own context (an empty one is falsy)
                 return None
-            if self._rng.random() < self.sampling:  # never with 0.0
+            share = self.sampling
+            if share and self._rng.random() < share:
                 return None
             trace_id = _rand(128) or 1
             if self._w3c_only:  # the default: one `traceparent`, made here
@@ -484,30 +483,21 @@ class MeshTelemetry:
         d = call.decision
         ep = call.endpoint
         status = call.status
+        bytes_in = call.bytes_in
+        authority = call.authority
+        trace_id, method, path = call.trace_id, call.method, call.path
         self.recent.append(
-            (
-                t0,
-                duration,
-                status,
-                call.bytes_in,
-                received,
-                call.trace_id,
-                d,
-                ep,
-                call.method,
-                call.authority,
-                call.path,
-            )
+            (t0, duration, status, bytes_in, received, trace_id, d, ep, method, authority, path)
         )
         metrics = self.metrics
         if metrics is not None:
-            flags = d.response_flags
+            flags = ",".join(d.flags) if d.flags else "-"
             key = (d.service, ep, status, flags)
             series = self._out_series.get(key)
             if series is None:
-                series = self._series_out(key, d, call.authority)
-            metrics.observe(series, duration * 1000, call.bytes_in, received)
-            if d.flags or len(d.attempts) > 1:
+                series = self._series_out(key, d, authority)
+            metrics.observe(series, duration * 1000, bytes_in, received)
+            if flags != "-" or len(d.attempts) > 1:
                 self._health(metrics, d)
 
     def finish_failed(
@@ -537,7 +527,7 @@ class MeshTelemetry:
         rec.status = getattr(call, "status", None)
         rec.decision = call.decision
         rec.endpoint = call.endpoint
-        rec.request_headers = call._headers
+        rec.request_id = call.header("x-request-id")
         rec.trace = TraceContext(call.trace_id, 0, 0, False)
         return rec
 
