@@ -253,15 +253,18 @@ class Call:
         served, whichever ends first (Envoy's `x-envoy-expected-rq-timeout-ms`, also written
         per attempt). They go after the route's header operations, as Envoy's router adds its
         tracing headers to the upstream request."""
-        headers = self.send_headers
-        if headers is None:
-            headers = self.native.headers.raw
         meta = self.mesh_metadata
-        if meta is not None:
-            deadline = self.attempt_deadline
-            if deadline != _INF:
-                meta = b"%s;%d" % (meta, max(0, int((deadline - now) * 1000)))
-            headers = [*headers, *self.trace_headers, (MESH_HEADER_RAW, meta)]
+        headers = self.send_headers
+        if meta is None:
+            return self.native.headers.raw if headers is None else headers
+        # the native request's raw headers are a new list each time (httpx's `Headers.raw`):
+        # extended in place; `send_headers` is the route's and may serve another attempt
+        headers = self.native.headers.raw if headers is None else [*headers]
+        headers.extend(self.trace_headers)
+        deadline = self.attempt_deadline
+        if deadline != _INF:
+            meta = b"%s;%d" % (meta, max(0, int((deadline - now) * 1000)))
+        headers.append((MESH_HEADER_RAW, meta))
         return headers
 
     def __repr__(self) -> str:

@@ -172,10 +172,11 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
         self._call = call
         self._endpoint: EndpointState | None = endpoint
         self.received = 0  # body bytes read so far
-        # telemetry on: the call's record (a `CallRecord`, or the `Call` itself when
-        # unsampled) and what finishes it on close, with the body bytes read
-        self.record: Any = None
-        self.on_close: Callable[[Any, int], None] | None = None
+        # telemetry on: the call's record — a `CallRecord`, or for an unsampled call the
+        # `Call` itself (`lean`) — which its telemetry finishes on close
+        self.record: CallRecord | None = None
+        self.lean: Call | None = None
+        self.telemetry: MeshTelemetry | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         call = self._call
@@ -228,10 +229,13 @@ class SyncMeshResponseStream(httpx.SyncByteStream):
             if close is not None:
                 close()
         finally:
-            rec = self.record
-            if rec is not None:
-                self.record = None
-                self.on_close(rec, self.received)  # type: ignore[misc]
+            tel = self.telemetry
+            if tel is not None:
+                self.telemetry = None
+                if self.lean is not None:
+                    tel.finish_call(self.lean, self.received)
+                elif self.record is not None:
+                    tel.finish_body(self.record, self.received)
 
 
 class SyncRecordedStream(httpx.SyncByteStream):
@@ -492,13 +496,8 @@ class MeshTransport(httpx.BaseTransport):
         # takes the lean path: its `Call` carries its trace.
         items = headers._list
         plain = _NOTED.isdisjoint(map(_LOWER_NAME, items))
-        lean = tel.unsampled() if plain else None
         rec: CallRecord | None = None
-        if lean is not None:
-            call.trace_id, call.trace_headers, call.deadline = lean
-            call.attempt_deadline = call.deadline
-            call.t0 = _perf()
-        else:
+        if not (plain and tel.start_lean(call)):
             rec = tel.outbound(request.method, call.authority, call.path)
             rec.decision = decision
             if not plain:  # (a plain request has no x-request-id)
@@ -537,8 +536,8 @@ class MeshTransport(httpx.BaseTransport):
             call.status = response.status_code
             call.bytes_in = bytes_in
             if isinstance(body, SyncMeshResponseStream):  # the sender's: it finishes the call
-                body.record = call
-                body.on_close = tel.finish_call
+                body.lean = call
+                body.telemetry = tel
                 return response
             rec = tel.record_of(call)  # a local reply: no lean record
         else:
@@ -547,7 +546,7 @@ class MeshTransport(httpx.BaseTransport):
         rec.endpoint = call.endpoint
         if isinstance(body, SyncMeshResponseStream):
             body.record = rec
-            body.on_close = tel.finish_body
+            body.telemetry = tel
         elif type(outcome.native) is LocalReply:
             rec.bytes_out = len(outcome.native.body)
             tel.finish(rec)

@@ -281,6 +281,8 @@ class MeshTelemetry:
         self.peer_metadata = self.peer_header.encode()  # what `Call.mesh_metadata` carries
         # the metric series of a finished call, by what its labels are made of (bounded)
         self._out_series: dict[tuple[Any, ...], Series] = {}
+        # ... of unsampled calls with one attempt and no flags: endpoint → status → series
+        self._clean_series: dict[Any, dict[int | None, Series]] = {}
         self._in_series: dict[tuple[Any, ...], Series] = {}
 
     # -- tracing -----------------------------------------------------------------------------
@@ -437,43 +439,51 @@ class MeshTelemetry:
 
     # -- records -----------------------------------------------------------------------------
     # -- the lean path: unsampled client calls -----------------------------------------------
-    def unsampled(self) -> tuple[int, list[tuple[bytes, bytes]], float] | None:
-        """The trace of a new client call when it is unsampled and needs no record of its own
-        — (trace id, trace-context headers, deadline) — or None: the call takes the full path
-        (`outbound`: sampled, access-logged, or inside an app's own OpenTelemetry span).
+    def start_lean(self, call: Call) -> bool:
+        """Start an unsampled call that needs no record of its own: give `call` its trace
+        (`trace_id`, `trace_headers`, the deadline it inherits) and its start time. False when
+        the call takes the full path instead (`outbound`: sampled, access-logged, or inside
+        an app's own OpenTelemetry span).
 
         Why there are two paths: an unsampled call's telemetry must cost a few µs, and in a
-        request path as long as httpx's, what is kept past the call costs most — objects kept
-        in the explain ring are freed a hundred calls later, out of the CPU's caches (measured:
-        docs/performance.md). On this path there is no record object and no trace-context
-        object: the call carries its ids, and `finish_call` keeps a small tuple for `explain`.
+        request path as long as httpx's every object made, every Python call and every C
+        function touched costs several times what it costs alone (the code is out of the
+        CPU's instruction cache each time; measured: docs/performance.md). On this path there
+        is no record object and no trace-context object: the call carries its ids, and
+        `finish_call` keeps a small tuple for `explain`.
         """
         if not self.lean:
-            return None
+            return False
         parent = CURRENT.get()
         if parent is None:
             if self._otel_current():  # the app's own context (an empty one is falsy)
-                return None
+                return False
             share = self.sampling
             if share and self._rng.random() < share:
-                return None
-            trace_id = _rand(128) or 1
+                return False
+            trace_id = call.trace_id = _rand(128) or 1
             if self._w3c_only:  # the default: one `traceparent`, made here
                 value = b"00-%032x-%016x-00" % (trace_id, _rand(64) or 1)
-                return trace_id, [(b"traceparent", value)], _INF
-            ctx = TraceContext(trace_id, _rand(64) or 1, 0, False)
-            return trace_id, self.propagation.pairs(ctx), _INF
-        if parent.sampled:
-            return None
-        ctx = TraceContext(
-            parent.trace_id,
-            _rand(64) or 1,
-            parent.span_id,
-            False,
-            parent.tracestate,
-            parent.baggage,
-        )
-        return parent.trace_id, self.propagation.pairs(ctx), parent.deadline
+                call.trace_headers = ((b"traceparent", value),)
+            else:
+                ctx = TraceContext(trace_id, _rand(64) or 1, 0, False)
+                call.trace_headers = self.propagation.pairs(ctx)
+        elif parent.sampled:
+            return False
+        else:
+            call.trace_id = parent.trace_id
+            ctx = TraceContext(
+                parent.trace_id,
+                _rand(64) or 1,
+                parent.span_id,
+                False,
+                parent.tracestate,
+                parent.baggage,
+            )
+            call.trace_headers = self.propagation.pairs(ctx)
+            call.deadline = call.attempt_deadline = parent.deadline
+        call.t0 = _perf()
+        return True
 
     def finish_call(self, call: Call, received: int) -> None:
         """An unsampled call's response body was closed after `received` bytes: count it and
@@ -491,14 +501,24 @@ class MeshTelemetry:
         )
         metrics = self.metrics
         if metrics is not None:
-            flags = ",".join(d.flags) if d.flags else "-"
-            key = (d.service, ep, status, flags)
-            series = self._out_series.get(key)
-            if series is None:
-                series = self._series_out(key, d, authority)
-            metrics.observe(series, duration * 1000, bytes_in, received)
-            if flags != "-" or len(d.attempts) > 1:
+            series: Series | None
+            if d.flags or len(d.attempts) > 1:
                 self._health(metrics, d)
+                key = (d.service, ep, status, ",".join(d.flags) or "-")
+                series = self._out_series.get(key) or self._series_out(key, d, authority)
+            else:  # the usual case: one attempt, no flags — cached per endpoint and status
+                by_status = self._clean_series.get(ep)
+                series = by_status.get(status) if by_status is not None else None
+                if series is None:
+                    series = self._clean_series_for(d, ep, status, authority)
+            metrics.observe(series, duration * 1000, bytes_in, received)
+
+    def _clean_series_for(self, d: Decision, ep: Any, status: int | None, authority: str) -> Series:
+        key = (d.service, ep, status, "-")
+        series = self._out_series.get(key) or self._series_out(key, d, authority)
+        if len(self._clean_series) < _MAX_CACHED:
+            self._clean_series.setdefault(ep, {})[status] = series
+        return series
 
     def finish_failed(
         self, rec: CallRecord | None, call: Call, bytes_in: int, reason: str = ""
