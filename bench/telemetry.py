@@ -319,8 +319,8 @@ def report(
         [
             "# Telemetry cost (bench/telemetry.py)",
             "",
-            f"{args.rounds} rounds × {args.requests} sequential requests per variant, rotating "
-            f"order; {pinning}.",
+            f"{args.rounds} rounds × {args.requests} sequential requests per variant, the "
+            f"variants taking turns of 50 requests in a rotating order; {pinning}.",
             *machine_info(),
             "",
             "| variant | p50 | p99 | p50 vs off | added per call (p50) | CPU per request |",

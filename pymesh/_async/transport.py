@@ -467,7 +467,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         """`handle_async_request` with telemetry on: the trace context, the remaining deadline
         and the peer metadata go out as headers; the record is finished when the call fails,
         or when the response body is closed (bytes counted as it is read). An unsampled call
-        takes the lean path (`MeshTelemetry.unsampled`): its `Call` is its record."""
+        takes the lean path (`MeshTelemetry.start_lean`): its `Call` is its record."""
         url = request.url
         headers = request.headers
         decision = Decision(stack.snapshot.version, host)

@@ -97,7 +97,7 @@ _LE = (*(floatToGoString(b) for b in BUCKETS), "+Inf")  # type: ignore[no-untype
 UNKNOWN = "unknown"
 
 
-_FOLD_AT = 3 * 1024  # raw values a series keeps before `observe` folds them (1024 calls)
+FOLD_AT = 3 * 1024  # raw values a series keeps before `observe` folds them (1024 calls)
 
 
 class Series:
@@ -213,7 +213,7 @@ class IstioMetrics:
         folded into buckets when read)."""
         raw = series.raw
         raw.extend((duration_ms, bytes_in, bytes_out))
-        if len(raw) >= _FOLD_AT:
+        if len(raw) >= FOLD_AT:
             self.fold(series)
 
     def fold(self, series: Series) -> None:

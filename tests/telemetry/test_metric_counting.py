@@ -52,7 +52,7 @@ def test_a_busy_series_folds_without_being_read() -> None:
     series = m.series(tuple("x" for _ in LABELS))
     for _ in range(5000):
         m.observe(series, 1.0, 1, 1)
-    assert len(series.raw) < metrics_module._FOLD_AT  # bounded memory without scrapes
+    assert len(series.raw) < metrics_module.FOLD_AT  # bounded memory without scrapes
     assert series.count + len(series.raw) // 3 == 5000
 
 
