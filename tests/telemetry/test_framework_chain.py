@@ -15,6 +15,7 @@ this process too. The apps hold no tracing code: they call meshed clients, and r
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,9 +79,10 @@ class Urls:
 
 
 @contextlib.contextmanager
-def django_project(urls: Urls, mesh: pymesh.Mesh) -> Iterator[None]:
-    """Django configured in this process with `pymesh_django.MeshMiddleware` first and
-    `PYMESH = {"mesh": <factory returning mesh>}`; the previous settings restored after."""
+def django_project(urls: Urls, mesh: pymesh.Mesh, outer: tuple[str, ...] = ()) -> Iterator[None]:
+    """Django configured in this process with `pymesh_django.MeshMiddleware` first (after
+    the `outer` middleware, when given) and `PYMESH = {"mesh": <factory returning mesh>}`;
+    the previous settings restored after."""
     import django
     from django.conf import settings
     from django.urls import clear_url_caches
@@ -92,7 +94,7 @@ def django_project(urls: Urls, mesh: pymesh.Mesh) -> Iterator[None]:
         ROOT_URLCONF=urls,
         ALLOWED_HOSTS=["*"],
         SECRET_KEY="pymesh-tests-only",
-        MIDDLEWARE=["pymesh_django.MeshMiddleware"],
+        MIDDLEWARE=[*outer, "pymesh_django.MeshMiddleware"],
         PYMESH={"mesh": lambda: mesh, "ready_timeout": 5},
         USE_TZ=True,
     )
@@ -444,3 +446,45 @@ def test_django_refusals_streams_and_outer_middleware_are_recorded_once(exporter
     by_code = {(m["response_code"], m["response_flags"]): m["value"] for m in metrics}
     assert by_code == {("403", "RBAC"): 1, ("200", "-"): 2}
     assert {m["reporter"] for m in metrics} == {"destination"}
+
+
+class ReplaceStreams:
+    """A Django middleware that answers every streamed response with a response of its own
+    (as an error page or a cache might): the streamed body below it is never sent."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        from django.http import HttpResponse
+
+        response = self.get_response(request)
+        if response.streaming:
+            return HttpResponse(b"replaced", status=502)
+        return response
+
+
+def test_django_stream_replaced_above_the_middleware_is_still_recorded() -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http import StreamingHttpResponse
+    from django.urls import path
+
+    mesh = pymesh.Mesh.from_yaml("", service="bservice", telemetry=TelemetryConfig())
+
+    def stream(request: Any) -> Any:
+        return StreamingHttpResponse(iter([b"ab", b"cde"]))
+
+    outer = (f"{__name__}.ReplaceStreams",)
+    with django_project(Urls(path("stream", stream)), mesh, outer):
+        server = WsgiThread(WSGIHandler())
+        try:
+            r = httpx.get(f"http://127.0.0.1:{server.port}/stream", timeout=10)
+            assert (r.status_code, r.content) == (502, b"replaced")
+        finally:
+            server.stop()
+        gc.collect()
+        (record,) = mesh.explain(10)
+        metrics = istio_requests(mesh)
+    assert record["path"] == "/stream" and record["direction"] == "inbound"
+    assert "replaced before it was sent" in record["reason"]
+    assert sum(m["value"] for m in metrics) == 1

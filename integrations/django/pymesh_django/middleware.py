@@ -25,8 +25,10 @@ and checks `settings.PYMESH` (`pymesh_django.runtime`). Per request:
    and the server span is OpenTelemetry's current span), so the meshed clients it calls
    continue the trace: a sync view under ASGI too, as Django's `sync_to_async` copies the
    context to the thread. The record is finished with the response, or, for a streamed body,
-   when the server has sent it and closed the response. One implementation (`decide`,
-   `_Recording`) serves the sync and the async path.
+   when the server has sent it and closed the response — or, when a middleware above this one
+   answered with a response of its own, when Django drops the streamed one (at once, or at
+   the next garbage collection). One implementation (`decide`, `_Recording`) serves the sync
+   and the async path.
 
 Put it FIRST in `MIDDLEWARE`: the middleware above it see the request before the policy does,
 and their cached reads of the path, headers or cookies are dropped when the request changes.
@@ -268,6 +270,14 @@ class _Counting:
         rec, self._rec = self._rec, None
         if rec is not None:
             self._tel.finish(rec)
+
+    def __del__(self) -> None:
+        # Dropped unclosed: a middleware above this one answered with another response, so
+        # Django never closed this body. The request is still counted and explained.
+        rec = self._rec
+        if rec is not None:
+            rec.reason = rec.reason or "the streamed response was replaced before it was sent"
+            self.close()
 
 
 class _Counted(_Counting):
