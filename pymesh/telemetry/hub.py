@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("pymesh.access")
 _INF = float("inf")
 _rand = random.getrandbits  # ids need uniqueness, not secrecy (`or 1`: never zero)
-_MAX_CACHED = 10_000  # series-cache entries per direction (label tuples are bounded anyway)
+# series-cache entries per direction; a full cache starts over (endpoints come and go: a cache
+# that stopped caching would make every later call build its labels)
+_MAX_CACHED = 10_000
 # finished records are counted in batches of about this many (and before every read)
 # an unsampled client call's entry in the explain ring (`MeshTelemetry.finish_call`): (t0,
 # duration, status, request bytes, response bytes, trace id, decision, endpoint, method,
@@ -520,8 +522,9 @@ class MeshTelemetry:
     def _clean_series_for(self, d: Decision, ep: Any, status: int | None, authority: str) -> Series:
         key = (d.service, ep, status, "-")
         series = self._out_series.get(key) or self._series_out(key, d, authority)
-        if len(self._clean_series) < _MAX_CACHED:
-            self._clean_series.setdefault(ep, {})[status] = series
+        if len(self._clean_series) >= _MAX_CACHED:
+            self._clean_series.clear()
+        self._clean_series.setdefault(ep, {})[status] = series
         return series
 
     def finish_failed(
@@ -643,8 +646,9 @@ class MeshTelemetry:
                 series = self._in_series.get(key)
                 if series is None:
                     series = metrics.series(self._inbound_labels(rec, flags))
-                    if len(self._in_series) < _MAX_CACHED:
-                        self._in_series[key] = series
+                    if len(self._in_series) >= _MAX_CACHED:
+                        self._in_series.clear()
+                    self._in_series[key] = series
             metrics.observe(series, rec.duration * 1000, rec.bytes_in, rec.bytes_out)
         log = self._log
         if log is not None and (self._log_share >= 1.0 or self._rng.random() < self._log_share):
@@ -661,8 +665,9 @@ class MeshTelemetry:
         assert metrics is not None
         _, ep, status, flags = key
         series = metrics.series(self._outbound_labels(d, ep, status, authority, flags))
-        if len(self._out_series) < _MAX_CACHED:
-            self._out_series[key] = series
+        if len(self._out_series) >= _MAX_CACHED:
+            self._out_series.clear()
+        self._out_series[key] = series
         return series
 
     def _health(self, metrics: IstioMetrics, d: Decision) -> None:

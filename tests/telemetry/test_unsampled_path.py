@@ -183,3 +183,33 @@ def test_a_mirror_carries_the_callers_trace(backends: Any) -> None:
     assert shadow.count == 1
     assert sent(main, 0, "traceparent") == sent(shadow, 0, "traceparent")
     assert sent(shadow, 0, "x-pymesh-peer")[0].startswith("frontend;default;frontend;unknown")
+
+
+def test_series_caches_start_over_when_full_and_counts_stay_right(
+    backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Endpoints come and go: a full series cache starts over rather than stop caching, and
+    every call is still counted under its own endpoint's labels."""
+    from pymesh.telemetry import hub
+
+    monkeypatch.setattr(hub, "_MAX_CACHED", 1)
+    v1, v2 = backends("v1", "v2")
+    mesh = mesh_for(service_entry([endpoint(v1), endpoint(v2)]))
+    with mesh.http_client(timeout=5) as c:
+        for _ in range(10):
+            assert c.get(URL).status_code == 200
+    assert mesh.telemetry is not None
+    tel = mesh.telemetry
+    assert len(tel._clean_series) <= 1 and len(tel._out_series) <= 1
+    text = tel.metrics_text().decode()
+    counts = {
+        version: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("istio_requests_total")
+            and f'destination_version="{version}"' in line
+        )
+        for version in ("v1", "v2")
+    }
+    assert counts["v1"] + counts["v2"] == 10
+    assert counts == {"v1": v1.count, "v2": v2.count}
