@@ -164,8 +164,9 @@ class SyncDeadlineBackend(httpcore.NetworkBackend):
 class SyncMeshResponseStream(httpx.SyncByteStream):
     """The body of a meshed response: read under the attempt's deadline, errors mapped to
     httpx's (a deadline is a `pymesh.MeshTimeoutError`), the endpoint released on close. With
-    telemetry on, the transport hands the final attempt's body the call's record (`record`):
-    the bytes read are counted into it and it is finished on close — no second wrapper."""
+    telemetry on, the transport hands the final attempt's body the call's record (`record`, or
+    the unsampled `Call` itself, `lean`) and its `telemetry`: the body counts the bytes read
+    and has the record finished on close — no second wrapper."""
 
     def __init__(self, stream: Any, call: Call, endpoint: EndpointState) -> None:
         self._stream = stream

@@ -8,6 +8,11 @@ call is over — for a response, when its body is closed, so bytes and duration 
 record in a bounded ring for `Mesh.explain`, writes the access-log line when the access log is
 on (and this call is sampled for it), and ends the span. Nothing here runs when a mesh's
 telemetry is off: edges test `mesh.telemetry is None` and take their old path.
+
+Unsampled client calls (the usual case, with the access log off) take a lean path instead:
+`start_lean` gives the `Call` itself its trace ids and headers, `finish_call` counts it and
+keeps a small tuple in the ring, and `explain` turns that tuple into a record only when asked.
+A call that fails or is answered locally gets a full record then (`record_of`).
 """
 
 from __future__ import annotations
@@ -439,7 +444,6 @@ class MeshTelemetry:
             span.set_status(ot.Status(ot.ERROR, reason or None))
         span.end(end_time=int((rec.start + rec.duration) * 1e9))
 
-    # -- records -----------------------------------------------------------------------------
     # -- the lean path: unsampled client calls -----------------------------------------------
     def start_lean(self, call: Call) -> bool:
         """Start an unsampled call that needs no record of its own: give `call` its trace
@@ -513,13 +517,14 @@ class MeshTelemetry:
                 series = by_status.get(status) if by_status is not None else None
                 if series is None:
                     series = self._clean_series_for(d, ep, status, authority)
-            # `IstioMetrics.observe`, inlined: on this path a Python call costs more than it
+            # `IstioMetrics.observe`, inlined: here a Python call costs more than its 3 lines
             raw = series.raw
             raw.extend((duration * 1000, bytes_in, received))
             if len(raw) >= FOLD_AT:
                 metrics.fold(series)
 
     def _clean_series_for(self, d: Decision, ep: Any, status: int | None, authority: str) -> Series:
+        """The series of a clean call (one attempt, no flags) to `ep` answered `status`."""
         key = (d.service, ep, status, "-")
         series = self._out_series.get(key) or self._series_out(key, d, authority)
         if len(self._clean_series) >= _MAX_CACHED:
@@ -574,6 +579,7 @@ class MeshTelemetry:
         rec.endpoint = ep
         return rec
 
+    # -- records -----------------------------------------------------------------------------
     def outbound(self, method: str, authority: str, path: str) -> CallRecord:
         """Start the record of a client call, with its trace context (span if sampled)."""
         rec = CallRecord("outbound", method, authority, path)
