@@ -21,6 +21,7 @@ from tests.e2e.meshkit import (
     URL,
     Reply,
     endpoint,
+    in_flight,
     route_to,
     service_entry,
     to_yaml,
@@ -177,9 +178,10 @@ def test_a_mirror_carries_the_callers_trace(backends: Any) -> None:
     )
     with mesh.http_client(timeout=5) as c:
         assert c.get(URL).status_code == 200
-    deadline = time.monotonic() + 5
-    while not shadow.count and time.monotonic() < deadline:
-        time.sleep(0.02)
+        # the mirror is sent in the background: the client stays open until it is done
+        deadline = time.monotonic() + 5
+        while (not shadow.count or in_flight(mesh)) and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert shadow.count == 1
     assert sent(main, 0, "traceparent") == sent(shadow, 0, "traceparent")
     assert sent(shadow, 0, "x-pymesh-peer")[0].startswith("frontend;default;frontend;unknown")
