@@ -162,6 +162,7 @@ class Call:
         "send_headers",
         "send_target",
         "set_cookie",
+        "span",
         "status",
         "t0",
         "target",
@@ -177,6 +178,7 @@ class Call:
     t0: float
     duration: float
     trace_id: int
+    span: Any  # the OpenTelemetry client span of a sampled call, else None
 
     def __init__(
         self,

@@ -9,10 +9,11 @@ record in a bounded ring for `Mesh.explain`, writes the access-log line when the
 on (and this call is sampled for it), and ends the span. Nothing here runs when a mesh's
 telemetry is off: edges test `mesh.telemetry is None` and take their old path.
 
-Unsampled client calls (the usual case, with the access log off) take a lean path instead:
-`start_lean` gives the `Call` itself its trace ids and headers, `finish_call` counts it and
-keeps a small tuple in the ring, and `explain` turns that tuple into a record only when asked.
-A call that fails or is answered locally gets a full record then (`record_of`).
+Client calls take a lean path instead when the access log is off (the usual case):
+`start_lean` gives the `Call` itself its trace ids and headers (and, when sampled, its client
+span), `finish_call` counts it, keeps a small tuple in the ring and ends the span, and
+`explain` turns that tuple into a record only when asked. A call that fails or is answered
+locally gets a full record then (`record_of`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _rand = random.getrandbits  # ids need uniqueness, not secrecy (`or 1`: never ze
 # that stopped caching would make every later call build its labels)
 _MAX_CACHED = 10_000
 # finished records are counted in batches of about this many (and before every read)
-# an unsampled client call's entry in the explain ring (`MeshTelemetry.finish_call`): (t0,
+# a lean client call's entry in the explain ring (`MeshTelemetry.finish_call`): (t0,
 # duration, status, request bytes, response bytes, trace id, decision, endpoint, method,
 # authority, path)
 _Lean = tuple[float, float, int | None, int, int, int, Decision, Any, str, str, str]
@@ -267,11 +268,8 @@ class MeshTelemetry:
             self.propagation.tracecontext
         )
         self._rng = random.Random()
-        # unsampled client calls take the lean path (`unsampled`) unless every call is sampled
-        # or access-logged
-        self.lean = (config.access_log is None or config.access_log is False) and (
-            self.sampling < 1.0
-        )
+        # client calls take the lean path (`start_lean`) unless they are access-logged
+        self.lean = config.access_log is None or config.access_log is False
         ot = self._ot = _otel()
         self._otel_current = _otel_current_getter(ot)
         self._otel_span = ot.get_current_span
@@ -288,7 +286,7 @@ class MeshTelemetry:
         self.peer_metadata = self.peer_header.encode()  # what `Call.mesh_metadata` carries
         # the metric series of a finished call, by what its labels are made of (bounded)
         self._out_series: dict[tuple[Any, ...], Series] = {}
-        # ... of unsampled calls with one attempt and no flags: endpoint → status → series
+        # ... of lean calls with one attempt and no flags: endpoint → status → series
         self._clean_series: dict[Any, dict[int | None, Series]] = {}
         self._in_series: dict[tuple[Any, ...], Series] = {}
 
@@ -358,7 +356,9 @@ class MeshTelemetry:
                 return ctx
         return TraceContext(new_id(128), new_id(64), 0, self._root_sampled(), deadline=deadline)
 
-    def start_span(self, ctx: TraceContext, rec: CallRecord, kind: str) -> None:
+    def start_span(
+        self, ctx: TraceContext, method: str, path: str, start: float, kind: str
+    ) -> None:
         """Start the OTel span of a sampled call; its span id becomes the context's."""
         ot = self._ot
         parent_span = ctx.span
@@ -379,11 +379,11 @@ class MeshTelemetry:
         # a root gets an empty context: not the app's current span
         parent = ot.set_span_in_context(parent_span) if parent_span is not None else ot.Context()
         span = (self._tracer or self.tracer()).start_span(
-            rec.method,
+            method,
             context=parent,
             kind=ot.CLIENT if kind == "client" else ot.SERVER,
-            start_time=int(rec.start * 1e9),
-            attributes={"http.request.method": rec.method, "url.path": rec.path},
+            start_time=int(start * 1e9),
+            attributes={"http.request.method": method, "url.path": path},
         )
         ctx.span = span
         sc = span.get_span_context()
@@ -444,19 +444,20 @@ class MeshTelemetry:
             span.set_status(ot.Status(ot.ERROR, reason or None))
         span.end(end_time=int((rec.start + rec.duration) * 1e9))
 
-    # -- the lean path: unsampled client calls -----------------------------------------------
+    # -- the lean path: client calls --------------------------------------------------------
     def start_lean(self, call: Call) -> bool:
-        """Start an unsampled call that needs no record of its own: give `call` its trace
-        (`trace_id`, `trace_headers`, the deadline it inherits) and its start time. False when
-        the call takes the full path instead (`outbound`: sampled, access-logged, or inside
-        an app's own OpenTelemetry span).
+        """Start a client call that needs no record of its own: give `call` its trace
+        (`trace_id`, `trace_headers`, the deadline it inherits, its client `span` when sampled)
+        and its start time. False when the call takes the full path instead (`outbound`:
+        access-logged, or inside an app's own OpenTelemetry span).
 
         Why there are two paths: an unsampled call's telemetry must cost a few µs, and in a
         request path as long as httpx's every object made, every Python call and every C
         function touched costs several times what it costs alone (the code is out of the
-        CPU's instruction cache each time; measured: docs/performance.md). On this path there
-        is no record object and no trace-context object: the call carries its ids, and
-        `finish_call` keeps a small tuple for `explain`.
+        CPU's instruction cache each time; measured: docs/performance.md). On this path an
+        unsampled call has no record object and no trace-context object: the call carries its
+        ids, and `finish_call` keeps a small tuple for `explain`. A sampled call takes it too
+        (its span is the only extra), which saves it the record as well.
         """
         if not self.lean:
             return False
@@ -465,8 +466,9 @@ class MeshTelemetry:
             if self._otel_current():  # the app's own context (an empty one is falsy)
                 return False
             share = self.sampling
-            if share and self._rng.random() < share:
-                return False
+            if share and (share >= 1.0 or self._rng.random() < share):
+                root = TraceContext(_rand(128) or 1, _rand(64) or 1, 0, True)
+                return self._start_sampled(call, root)
             trace_id = call.trace_id = _rand(128) or 1
             if self._w3c_only:  # the default: one `traceparent`, made here
                 value = b"00-%032x-%016x-00" % (trace_id, _rand(64) or 1)
@@ -475,7 +477,17 @@ class MeshTelemetry:
                 ctx = TraceContext(trace_id, _rand(64) or 1, 0, False)
                 call.trace_headers = self.propagation.pairs(ctx)
         elif parent.sampled:
-            return False
+            ctx = TraceContext(
+                parent.trace_id,
+                _rand(64) or 1,
+                parent.span_id,
+                True,
+                parent.tracestate,
+                parent.baggage,
+                parent.deadline,
+            )
+            ctx.span = parent.span  # the parent span, replaced by the client span
+            return self._start_sampled(call, ctx)
         else:
             call.trace_id = parent.trace_id
             ctx = TraceContext(
@@ -488,12 +500,23 @@ class MeshTelemetry:
             )
             call.trace_headers = self.propagation.pairs(ctx)
             call.deadline = call.attempt_deadline = parent.deadline
+        call.span = None
+        call.t0 = _perf()
+        return True
+
+    def _start_sampled(self, call: Call, ctx: TraceContext) -> bool:
+        """`start_lean` for a sampled call: its client span started, its ids the span's."""
+        self.start_span(ctx, call.method, call.path, time.time(), "client")
+        call.trace_id = ctx.trace_id
+        call.trace_headers = self.propagation.pairs(ctx)
+        call.deadline = call.attempt_deadline = ctx.deadline
+        call.span = ctx.span
         call.t0 = _perf()
         return True
 
     def finish_call(self, call: Call, received: int) -> None:
-        """An unsampled call's response body was closed after `received` bytes: count it and
-        keep a small entry for `explain` (the call itself is not kept)."""
+        """A lean call's response body was closed after `received` bytes: count it, keep a
+        small entry for `explain` (the call itself is not kept), end its span if sampled."""
         t0 = call.t0
         duration = _perf() - t0
         d = call.decision
@@ -502,9 +525,10 @@ class MeshTelemetry:
         bytes_in = call.bytes_in
         authority = call.authority
         trace_id, method, path = call.trace_id, call.method, call.path
-        self.recent.append(
-            (t0, duration, status, bytes_in, received, trace_id, d, ep, method, authority, path)
-        )
+        entry = (t0, duration, status, bytes_in, received, trace_id, d, ep, method, authority, path)
+        self.recent.append(entry)
+        if call.span is not None:  # sampled: the span ends with what the record says
+            self._end_span(self._lean_record(entry), call.span)
         metrics = self.metrics
         if metrics is not None:
             series: Series | None
@@ -535,7 +559,7 @@ class MeshTelemetry:
     def finish_failed(
         self, rec: CallRecord | None, call: Call, bytes_in: int, reason: str = ""
     ) -> None:
-        """Finish the record of a client call that failed (`rec` None: an unsampled call's,
+        """Finish the record of a client call that failed (`rec` None: a lean call's,
         made from `call` now)."""
         if rec is None:
             rec = self.record_of(call)
@@ -551,7 +575,7 @@ class MeshTelemetry:
         self.finish(rec)
 
     def record_of(self, call: Call) -> CallRecord:
-        """The full record of an unsampled call that takes the full path after all (it failed,
+        """The full record of a lean call that takes the full path after all (it failed,
         or its reply was made locally)."""
         rec = CallRecord("outbound", call.method, call.authority, call.path)
         rec.t0 = call.t0
@@ -560,12 +584,14 @@ class MeshTelemetry:
         rec.decision = call.decision
         rec.endpoint = call.endpoint
         rec.request_id = call.header("x-request-id")
-        rec.trace = TraceContext(call.trace_id, 0, 0, False)
+        span = getattr(call, "span", None)
+        rec.trace = TraceContext(call.trace_id, 0, 0, span is not None)
+        rec.trace.span = span  # a sampled call's span, which `finish` ends
         return rec
 
     @staticmethod
     def _lean_record(entry: _Lean) -> CallRecord:
-        """The record an explain-ring entry of an unsampled call stands for."""
+        """The record an explain-ring entry of a lean call stands for."""
         t0, duration, status, bytes_in, bytes_out, trace_id, d, ep, method, authority, path = entry
         rec = CallRecord("outbound", method, authority, path)
         rec.t0 = t0
@@ -585,7 +611,7 @@ class MeshTelemetry:
         rec = CallRecord("outbound", method, authority, path)
         ctx = rec.trace = self.outbound_context()
         if ctx.sampled:
-            self.start_span(ctx, rec, "client")
+            self.start_span(ctx, rec.method, rec.path, rec.start, "client")
         return rec
 
     def outbound_pairs(self, rec: CallRecord) -> list[tuple[bytes, bytes]]:
@@ -626,7 +652,7 @@ class MeshTelemetry:
                 rec.peer_meta = ";".join(fields[:4])
         ctx = rec.trace = self.inbound_context(got, deadline)
         if ctx.sampled:
-            self.start_span(ctx, rec, "server")
+            self.start_span(ctx, rec.method, rec.path, rec.start, "server")
         return rec
 
     def finish(self, rec: CallRecord) -> None:

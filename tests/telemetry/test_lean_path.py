@@ -1,8 +1,8 @@
-"""The lean path of unsampled client calls: no record object while the call runs, a small
-entry in the explain ring when it ends, counted without a lock. What a user sees must not
-change: `explain`, the metrics and the headers on the wire are the same as on the full path
-(sampled or access-logged calls), for successes, failures and local replies, on the sync and
-the async client."""
+"""The lean path of client calls (access log off): no record object while the call runs, a
+small entry in the explain ring when it ends, counted without a lock; a sampled call's span
+started and ended on the same path. What a user sees must not change: `explain`, the metrics,
+the spans and the headers on the wire are the same as on the full path (access-logged calls),
+for successes, failures and local replies, on the sync and the async client."""
 
 from __future__ import annotations
 
@@ -85,22 +85,27 @@ def test_sync_unsampled_calls_are_explained_from_the_lean_path(backends: Any) ->
     assert first["start_time"] <= second["start_time"]
 
 
-async def test_async_calls_count_the_same_on_either_path(backends: Any) -> None:
-    """The same traffic, unsampled (lean) and sampled (full records): equal metrics."""
+async def test_async_calls_count_the_same_on_either_path(backends: Any, exporter: Any) -> None:
+    """The same traffic on the lean path (unsampled, or sampled into an SDK) and on the full
+    path (access-logged: full records): equal metrics, and one span per sampled call."""
+    exp, provider = exporter
     (b,) = backends("v1")
     b.script = lambda n: Reply(404 if n % 3 == 0 else 200)
     texts = []
-    for sampling in (0.0, 1.0):
+    configs = {
+        "unsampled": TelemetryConfig(sampling=0.0),
+        "sampled": TelemetryConfig(sampling=1.0, tracer_provider=provider),
+        "logged": TelemetryConfig(sampling=0.0, access_log=lambda line: None),
+    }
+    for name, config in configs.items():
         mesh = pymesh.Mesh.from_yaml(
-            to_yaml(service_entry([endpoint(b)])),
-            service="frontend",
-            telemetry=TelemetryConfig(sampling=sampling),
+            to_yaml(service_entry([endpoint(b)])), service="frontend", telemetry=config
         )
         async with mesh.async_http_client(timeout=5) as c:
             for i in range(9):
                 r = await c.post(URL + "x", content=b"abc" * i)
                 assert r.status_code in (200, 404)
-        assert lean_entries(mesh) == (9 if sampling == 0.0 else 0)
+        assert lean_entries(mesh) == (0 if name == "logged" else 9)
         assert mesh.telemetry is not None
         text = mesh.telemetry.metrics_text().decode()
         # durations differ run to run: keep the counts, the bytes and the bucket structure
@@ -111,9 +116,16 @@ async def test_async_calls_count_the_same_on_either_path(backends: Any) -> None:
         ]
         texts.append(kept)
         b._count = 0
-    lean, full = texts
-    assert lean == full
+    lean, sampled, full = texts
+    assert lean == sampled == full
     assert any('response_code="404"' in line and line.endswith(" 3.0") for line in lean)
+    spans = exp.get_finished_spans()
+    assert len(spans) == 9 and all(s.kind.name == "CLIENT" for s in spans)
+    codes = sorted((s.attributes or {})["http.response.status_code"] for s in spans)
+    assert codes == [200] * 6 + [404] * 3
+    assert {(s.attributes or {})["pymesh.destination.service"] for s in spans} == {
+        "reviews.default.svc.cluster.local"
+    }
     assert any(line.startswith("istio_request_bytes_sum") and "200" in line for line in lean)
 
 
@@ -215,3 +227,24 @@ def test_series_caches_start_over_when_full_and_counts_stay_right(
     }
     assert counts["v1"] + counts["v2"] == 10
     assert counts == {"v1": v1.count, "v2": v2.count}
+
+
+async def test_a_sampled_call_that_fails_ends_its_span_with_the_reason(
+    refusing_port: Any, exporter: Any
+) -> None:
+    exp, provider = exporter
+    mesh = pymesh.Mesh.from_yaml(
+        to_yaml(service_entry([endpoint(refusing_port(), "v1")])),
+        service="frontend",
+        telemetry=TelemetryConfig(sampling=1.0, tracer_provider=provider),
+    )
+    async with mesh.async_http_client(timeout=5) as c:
+        with pytest.raises(httpx.TransportError):
+            await c.get(URL + "x")
+    (span,) = exp.get_finished_spans()
+    attrs = span.attributes or {}
+    assert span.kind.name == "CLIENT" and span.status.status_code.name == "ERROR"
+    assert "retries exhausted" in (span.status.description or "")
+    assert set(str(attrs["pymesh.response_flags"]).split(",")) == {"URX", "UF"}
+    (entry,) = mesh.explain(1)
+    assert entry["trace_id"] == f"{span.context.trace_id:032x}"
