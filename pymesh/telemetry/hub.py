@@ -38,7 +38,7 @@ from pymesh.telemetry.context import (
     TraceContext,
     new_id,
 )
-from pymesh.telemetry.metrics import FOLD_AT, UNKNOWN, HealthCollector, IstioMetrics, Series
+from pymesh.telemetry.metrics import UNKNOWN, HealthCollector, IstioMetrics, Series
 
 if TYPE_CHECKING:
     from pymesh.mesh import Mesh
@@ -286,8 +286,6 @@ class MeshTelemetry:
         self.peer_metadata = self.peer_header.encode()  # what `Call.mesh_metadata` carries
         # the metric series of a finished call, by what its labels are made of (bounded)
         self._out_series: dict[tuple[Any, ...], Series] = {}
-        # ... of lean calls with one attempt and no flags: endpoint → status → series
-        self._clean_series: dict[Any, dict[int | None, Series]] = {}
         self._in_series: dict[tuple[Any, ...], Series] = {}
 
     # -- tracing -----------------------------------------------------------------------------
@@ -531,30 +529,12 @@ class MeshTelemetry:
             self._end_span(self._lean_record(entry), call.span)
         metrics = self.metrics
         if metrics is not None:
-            series: Series | None
-            if d.flags or len(d.attempts) > 1:
+            flags = ",".join(d.flags) if d.flags else "-"
+            key = (d.service, ep, status, flags)
+            series = self._out_series.get(key) or self._series_out(key, d, authority)
+            metrics.observe(series, duration * 1000, bytes_in, received)
+            if flags != "-" or len(d.attempts) > 1:
                 self._health(metrics, d)
-                key = (d.service, ep, status, ",".join(d.flags) or "-")
-                series = self._out_series.get(key) or self._series_out(key, d, authority)
-            else:  # the usual case: one attempt, no flags — cached per endpoint and status
-                by_status = self._clean_series.get(ep)
-                series = by_status.get(status) if by_status is not None else None
-                if series is None:
-                    series = self._clean_series_for(d, ep, status, authority)
-            # `IstioMetrics.observe`, inlined: here a Python call costs more than its 3 lines
-            raw = series.raw
-            raw.extend((duration * 1000, bytes_in, received))
-            if len(raw) >= FOLD_AT:
-                metrics.fold(series)
-
-    def _clean_series_for(self, d: Decision, ep: Any, status: int | None, authority: str) -> Series:
-        """The series of a clean call (one attempt, no flags) to `ep` answered `status`."""
-        key = (d.service, ep, status, "-")
-        series = self._out_series.get(key) or self._series_out(key, d, authority)
-        if len(self._clean_series) >= _MAX_CACHED:
-            self._clean_series.clear()
-        self._clean_series.setdefault(ep, {})[status] = series
-        return series
 
     def finish_failed(
         self, rec: CallRecord | None, call: Call, bytes_in: int, reason: str = ""
