@@ -170,8 +170,8 @@ class Call:
         "trace_id",
         "tried",
     )
-    # Telemetry's lean path keeps an unsampled client call's record on the call itself (see
-    # `pymesh.telemetry.hub.MeshTelemetry.unsampled`); these are set only there.
+    # Telemetry's lean path keeps a client call's record on the call itself (see
+    # `pymesh.telemetry.hub.MeshTelemetry.start_lean`); these are set only there.
     status: int | None
     bytes_in: int
     bytes_out: int
@@ -259,15 +259,12 @@ class Call:
         headers = self.send_headers
         if meta is None:
             return self.native.headers.raw if headers is None else headers
-        # the native request's raw headers are a new list each time (httpx's `Headers.raw`):
-        # extended in place; `send_headers` is the route's and may serve another attempt
-        headers = self.native.headers.raw if headers is None else [*headers]
-        headers.extend(self.trace_headers)
+        if headers is None:
+            headers = self.native.headers.raw
         deadline = self.attempt_deadline
         if deadline != _INF:
             meta = b"%s;%d" % (meta, max(0, int((deadline - now) * 1000)))
-        headers.append((MESH_HEADER_RAW, meta))
-        return headers
+        return [*headers, *self.trace_headers, (MESH_HEADER_RAW, meta)]
 
     def __repr__(self) -> str:
         return f"Call({self.method} {self.scheme}://{self.authority}{self.path})"
