@@ -1,8 +1,8 @@
 """The few primitives that differ between the async stack and its generated sync twin.
 
-`scripts/unasync.py` rewrites `async_spawn` to `sync_spawn`, `async_sleep` to `sync_sleep`,
-`async_lean_pool` to `sync_lean_pool`, `AsyncSignal` to `SyncSignal` (and `AnyIOBackend` to
-`SyncBackend`) when it generates `pymesh/_sync` from `pymesh/_async`.
+`scripts/unasync.py` rewrites `AsyncBackground` to `SyncBackground`, `async_sleep` to
+`sync_sleep`, `async_lean_pool` to `sync_lean_pool`, `AsyncSignal` to `SyncSignal` (and
+`AnyIOBackend` to `SyncBackend`) when it generates `pymesh/_sync` from `pymesh/_async`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -24,27 +25,19 @@ if TYPE_CHECKING:
 async_sleep = asyncio.sleep
 sync_sleep = time.sleep
 
-# Background work nobody waits for (traffic mirrors): `async_spawn` / `sync_spawn`. Callers bound
-# how much they start (a mirror takes a slot of a bounded semaphore first), so neither the task
-# set nor the thread pool's queue grows without limit.
-_TASKS: set[asyncio.Task[None]] = set()
+# Background work the caller never waits for (traffic mirrors), kept per client by
+# `AsyncBackground` / `SyncBackground`. Callers bound how much they start (a mirror takes a slot
+# of a bounded semaphore first), so neither a task set nor the thread pool's queue grows
+# without limit.
 SPAWN_THREADS = 4
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+# How long closing a client waits for its mirrors still in flight before it cuts them off.
+BACKGROUND_GRACE = 1.0
 
 
-def async_spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-    """Run `fn(*args)` as a task of the running asyncio loop, kept referenced until it is done
-    (asyncio holds tasks weakly). RuntimeError, before anything starts, when no asyncio loop
-    runs (trio)."""
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(fn(*args))
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-def sync_spawn(fn: Callable[..., None], *args: Any) -> None:
-    """Run `fn(*args)` on a small shared pool of `SPAWN_THREADS` threads."""
+def _spawn_executor() -> ThreadPoolExecutor:
+    """The small thread pool every sync client's background work shares (made on first use)."""
     global _executor
     executor = _executor
     if executor is None:
@@ -52,7 +45,90 @@ def sync_spawn(fn: Callable[..., None], *args: Any) -> None:
             if _executor is None:
                 _executor = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="pymesh-spawn")
             executor = _executor
-    executor.submit(fn, *args)
+    return executor
+
+
+class AsyncBackground:
+    """One client's background tasks on the running asyncio loop (traffic mirrors): kept
+    referenced until done (asyncio holds tasks weakly), and given `grace` seconds to finish
+    when the client closes, then cancelled — so none outlives the connections it uses.
+
+    How this works: `spawn` adds each task to a set it leaves when done; `aclose` marks the
+    client closed (`closed`, which work not yet started checks), waits for the set, cancels
+    what is left and waits for the cancellations to land."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run `fn(*args)` as a task. RuntimeError, before anything starts, when no asyncio
+        loop runs (trio) or the client is closed."""
+        if self.closed:
+            raise RuntimeError("the client is closed")
+        task = asyncio.get_running_loop().create_task(fn(*args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self, timeout: float | None = None) -> set[asyncio.Task[None]]:
+        """Wait up to `timeout` s (None: no limit) for the work in flight; what is still
+        running then."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return tasks
+        return (await asyncio.wait(tasks, timeout=timeout))[1]
+
+    async def aclose(self, grace: float = BACKGROUND_GRACE) -> None:
+        """Stop taking work; wait up to `grace` s for what runs, then cancel the rest."""
+        self.closed = True
+        late = await self.wait(grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+
+class SyncBackground:
+    """One client's background work on the shared `pymesh-spawn` threads (traffic mirrors),
+    given `grace` seconds to finish when the client closes. A thread cannot be cancelled: work
+    still running after the grace has its connections closed under it by the client's close
+    (it fails, which a mirror only logs), and work not yet started sees `closed` and skips.
+
+    How this works: `spawn` submits to the shared pool and keeps the future until it is done;
+    `close` marks the client closed and waits for the futures it holds."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._futures: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    def spawn(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the spawn threads. RuntimeError, before anything starts, when
+        the client is closed."""
+        if self.closed:
+            raise RuntimeError("the client is closed")
+        future = _spawn_executor().submit(fn, *args)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def wait(self, timeout: float | None = None) -> set[Future[None]]:
+        """Wait up to `timeout` s (None: no limit) for the work in flight; what is still
+        running then."""
+        with self._lock:
+            futures = set(self._futures)
+        if not futures:
+            return futures
+        return wait_futures(futures, timeout=timeout).not_done
+
+    def close(self, grace: float = BACKGROUND_GRACE) -> None:
+        """Stop taking work; wait up to `grace` s for what runs."""
+        self.closed = True
+        self.wait(grace)
 
 
 class AsyncSignal:

@@ -48,7 +48,7 @@ REPLACEMENTS: dict[str, str] = {
     "aiter_bytes": "iter_bytes",
     "aiter_raw": "iter_raw",
     "async_sleep": "sync_sleep",
-    "async_spawn": "sync_spawn",
+    "AsyncBackground": "SyncBackground",
     "AsyncSignal": "SyncSignal",
     "async_lean_pool": "sync_lean_pool",
     "_async": "_sync",

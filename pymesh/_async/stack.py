@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import httpcore
 
-from pymesh._shim import AsyncSignal, PeerRejectedError, async_sleep, async_spawn
+from pymesh._shim import AsyncBackground, AsyncSignal, PeerRejectedError, async_sleep
 from pymesh.call import Attempt, Call, Decision, Outcome
 from pymesh.config.model import ConnectionPoolSettings
 from pymesh.errors import (
@@ -215,7 +215,8 @@ class MirrorFilter:
     breakers included), in the background: the caller never waits for it and its answer is
     read and dropped. A body that was not buffered cannot be copied: that mirror is skipped.
     At most `MIRRORS_IN_FLIGHT` copies run at once; more are dropped. Each mirror is noted in
-    the decision."""
+    the decision. The copies run as the client's `background` work: closing the client gives
+    them a moment to finish, then cuts them off."""
 
     def __init__(
         self,
@@ -224,12 +225,14 @@ class MirrorFilter:
         mirror_next: AsyncHandler,
         next: AsyncHandler,
         slots: threading.BoundedSemaphore | None = None,
+        background: AsyncBackground | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.runtime = runtime
         self.mirror_next = mirror_next
         self.next = next
         self.slots = slots if slots is not None else _MIRROR_SLOTS
+        self.background = background if background is not None else AsyncBackground()
 
     async def handle(self, call: Call) -> Outcome:
         """Start the mirrors the route asks for, then pass the call down."""
@@ -254,8 +257,8 @@ class MirrorFilter:
             return
         copy = _mirror_call(call, cluster, self.runtime.clock(), call.route)
         try:
-            async_spawn(self._send, copy)
-        except RuntimeError as exc:  # no asyncio loop (trio), or shutting down
+            self.background.spawn(self._send, copy)
+        except RuntimeError as exc:  # no asyncio loop (trio), or the client is closed
             self.slots.release()
             d.note(f"mirror to {name} skipped: cannot start it ({exc})")
             return
@@ -264,6 +267,8 @@ class MirrorFilter:
     async def _send(self, call: Call) -> None:
         """Send one copy and drop its answer; its failures are its own."""
         try:
+            if self.background.closed:  # the client closed before this copy started
+                return
             outcome = await self.mirror_next.handle(call)
             if outcome.native is not None:
                 await _discard(outcome.native, call)
@@ -706,8 +711,14 @@ class EndpointFilter:
         return Outcome(None, None, call.decision, error=exc, endpoint=call.endpoint)
 
 
-def build_client_stack(snapshot: Snapshot, runtime: Runtime, sender: AsyncSender) -> RouterFilter:
-    """Compose the outbound stack for one snapshot (top filter returned)."""
+def build_client_stack(
+    snapshot: Snapshot,
+    runtime: Runtime,
+    sender: AsyncSender,
+    background: AsyncBackground | None = None,
+) -> RouterFilter:
+    """Compose the outbound stack for one snapshot (top filter returned); mirrors run as
+    `background` work (the client's, which its close waits for)."""
     clock = runtime.clock
     endpoint = EndpointFilter(runtime, sender)
     balancer = BalancerFilter(runtime, endpoint)
@@ -717,7 +728,7 @@ def build_client_stack(snapshot: Snapshot, runtime: Runtime, sender: AsyncSender
     timeout = RouteTimeoutFilter(clock, retry)
     top: AsyncHandler = timeout
     if snapshot.has_mirrors:  # copies go straight to the balancer tier: no timeout, no retries
-        top = MirrorFilter(snapshot, runtime, breaker, top)
+        top = MirrorFilter(snapshot, runtime, breaker, top, background=background)
     if snapshot.has_faults:
         top = FaultFilter(runtime, top)
     return RouterFilter(snapshot, runtime, top)

@@ -29,7 +29,13 @@ import httpx
 
 from pymesh._async.stack import AsyncSender, RouterFilter, build_client_stack, egress_denied
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
-from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, async_lean_pool
+from pymesh._shim import (
+    DEADLINE,
+    PEER_CHECK,
+    AsyncBackground,
+    PeerRejectedError,
+    async_lean_pool,
+)
 from pymesh._tls import OutboundTls
 from pymesh.call import MESH_HEADER_RAW, Call, Decision, Outcome
 from pymesh.errors import CallError, MeshError
@@ -399,13 +405,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._limits = limits
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
+        self._background = AsyncBackground()  # this client's mirrors in flight
 
     def _current_stack(self) -> RouterFilter:
         runtime = self._mesh.runtime
         snapshot = runtime.snapshot
         stack = self._stack
         if stack is None or snapshot is not self._snapshot:
-            stack = build_client_stack(snapshot, runtime, self._sender)
+            stack = build_client_stack(snapshot, runtime, self._sender, self._background)
             self._stack = stack
             self._snapshot = snapshot
         return stack
@@ -601,7 +608,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections, once the mirrors in flight are done (or after a grace
+        of `pymesh._shim.BACKGROUND_GRACE` s, cut off)."""
+        await self._background.aclose()
         if self._lean is not None:
             await self._lean.aclose()
         if self._pool is not None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import httpcore
 
-from pymesh._shim import PeerRejectedError, SyncSignal, sync_sleep, sync_spawn
+from pymesh._shim import PeerRejectedError, SyncBackground, SyncSignal, sync_sleep
 from pymesh.call import Attempt, Call, Decision, Outcome
 from pymesh.config.model import ConnectionPoolSettings
 from pymesh.errors import (
@@ -216,7 +216,8 @@ class MirrorFilter:
     breakers included), in the background: the caller never waits for it and its answer is
     read and dropped. A body that was not buffered cannot be copied: that mirror is skipped.
     At most `MIRRORS_IN_FLIGHT` copies run at once; more are dropped. Each mirror is noted in
-    the decision."""
+    the decision. The copies run as the client's `background` work: closing the client gives
+    them a moment to finish, then cuts them off."""
 
     def __init__(
         self,
@@ -225,12 +226,14 @@ class MirrorFilter:
         mirror_next: SyncHandler,
         next: SyncHandler,
         slots: threading.BoundedSemaphore | None = None,
+        background: SyncBackground | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.runtime = runtime
         self.mirror_next = mirror_next
         self.next = next
         self.slots = slots if slots is not None else _MIRROR_SLOTS
+        self.background = background if background is not None else SyncBackground()
 
     def handle(self, call: Call) -> Outcome:
         """Start the mirrors the route asks for, then pass the call down."""
@@ -255,8 +258,8 @@ class MirrorFilter:
             return
         copy = _mirror_call(call, cluster, self.runtime.clock(), call.route)
         try:
-            sync_spawn(self._send, copy)
-        except RuntimeError as exc:  # no asyncio loop (trio), or shutting down
+            self.background.spawn(self._send, copy)
+        except RuntimeError as exc:  # no asyncio loop (trio), or the client is closed
             self.slots.release()
             d.note(f"mirror to {name} skipped: cannot start it ({exc})")
             return
@@ -265,6 +268,8 @@ class MirrorFilter:
     def _send(self, call: Call) -> None:
         """Send one copy and drop its answer; its failures are its own."""
         try:
+            if self.background.closed:  # the client closed before this copy started
+                return
             outcome = self.mirror_next.handle(call)
             if outcome.native is not None:
                 _discard(outcome.native, call)
@@ -707,8 +712,14 @@ class EndpointFilter:
         return Outcome(None, None, call.decision, error=exc, endpoint=call.endpoint)
 
 
-def build_client_stack(snapshot: Snapshot, runtime: Runtime, sender: SyncSender) -> RouterFilter:
-    """Compose the outbound stack for one snapshot (top filter returned)."""
+def build_client_stack(
+    snapshot: Snapshot,
+    runtime: Runtime,
+    sender: SyncSender,
+    background: SyncBackground | None = None,
+) -> RouterFilter:
+    """Compose the outbound stack for one snapshot (top filter returned); mirrors run as
+    `background` work (the client's, which its close waits for)."""
     clock = runtime.clock
     endpoint = EndpointFilter(runtime, sender)
     balancer = BalancerFilter(runtime, endpoint)
@@ -718,7 +729,7 @@ def build_client_stack(snapshot: Snapshot, runtime: Runtime, sender: SyncSender)
     timeout = RouteTimeoutFilter(clock, retry)
     top: SyncHandler = timeout
     if snapshot.has_mirrors:  # copies go straight to the balancer tier: no timeout, no retries
-        top = MirrorFilter(snapshot, runtime, breaker, top)
+        top = MirrorFilter(snapshot, runtime, breaker, top, background=background)
     if snapshot.has_faults:
         top = FaultFilter(runtime, top)
     return RouterFilter(snapshot, runtime, top)

@@ -29,7 +29,13 @@ import httpcore
 import httpx
 
 from pymesh._httpx_errors import HttpxMeshTimeoutError, map_httpcore, to_httpx
-from pymesh._shim import DEADLINE, PEER_CHECK, PeerRejectedError, sync_lean_pool
+from pymesh._shim import (
+    DEADLINE,
+    PEER_CHECK,
+    PeerRejectedError,
+    SyncBackground,
+    sync_lean_pool,
+)
 from pymesh._sync.stack import RouterFilter, SyncSender, build_client_stack, egress_denied
 from pymesh._tls import OutboundTls
 from pymesh.call import MESH_HEADER_RAW, Call, Decision, Outcome
@@ -400,13 +406,14 @@ class MeshTransport(httpx.BaseTransport):
         self._limits = limits
         self._snapshot: Any = None
         self._stack: RouterFilter | None = None
+        self._background = SyncBackground()  # this client's mirrors in flight
 
     def _current_stack(self) -> RouterFilter:
         runtime = self._mesh.runtime
         snapshot = runtime.snapshot
         stack = self._stack
         if stack is None or snapshot is not self._snapshot:
-            stack = build_client_stack(snapshot, runtime, self._sender)
+            stack = build_client_stack(snapshot, runtime, self._sender, self._background)
             self._stack = stack
             self._snapshot = snapshot
         return stack
@@ -602,7 +609,9 @@ class MeshTransport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections, once the mirrors in flight are done (or after a grace
+        of `pymesh._shim.BACKGROUND_GRACE` s, cut off)."""
+        self._background.close()
         if self._lean is not None:
             self._lean.close()
         if self._pool is not None:

@@ -46,6 +46,7 @@ class Backend:
         self.port = 0
         self._lock = threading.Lock()
         self._count = 0
+        self.answered = 0  # requests answered in full (the client did not leave first)
         self.bodies: list[bytes] = []
         self.targets: list[str] = []  # path?query of each request, as received
         self.headers: list[list[tuple[str, str]]] = []  # each request's headers, in order
@@ -127,6 +128,8 @@ class Backend:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         if reply.chunk_every is None:
             await send({"type": "http.response.body", "body": self.name.encode()})
+            with self._lock:
+                self.answered += 1
             return
         await send({"type": "http.response.body", "body": self.name.encode(), "more_body": True})
         end = time.monotonic() + reply.stream_for
@@ -135,6 +138,8 @@ class Backend:
                 return
             await send({"type": "http.response.body", "body": b".", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        with self._lock:
+            self.answered += 1
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, port={self.port}, count={self.count})"

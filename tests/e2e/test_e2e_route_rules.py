@@ -5,6 +5,7 @@ direct responses and header operations as Istio documents them."""
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -164,6 +165,50 @@ async def test_mirror_arrives_while_the_caller_never_waits(backends: Any, connec
     assert "skipped: request body not buffered" in decision(r).notes[0]
     await eventually(lambda: in_flight(mesh) == 0)  # the slow copies finish on their own
     assert shadow.count == n
+
+
+async def test_closing_the_client_lets_its_mirrors_finish(backends: Any, connect: Any) -> None:
+    """A client closed right after its call still delivers the mirror that call started, and
+    leaves no connection behind (a leaked socket fails this test: warnings are errors)."""
+    v1, shadow = backends("v1", "shadow")
+    shadow.slow_headers(0.1)
+    mesh = make_mesh(
+        service_entry([endpoint(v1)]),
+        service_entry([endpoint(shadow)], host="shadow"),
+        virtual_service([{"route": [route_to()], "mirror": {"host": "shadow"}}]),
+    )
+    n = 6
+    for i in range(n):
+        c = connect(mesh)
+        r = await c.request("POST", URL, content=b"order %d" % i)
+        assert r.status_code == 200 and r.text == "v1"
+        await c.aclose()  # the copy is still waiting for the shadow's answer
+        assert in_flight(mesh) == 0
+    await eventually(lambda: shadow.answered == n)  # each copy waited for its answer
+    assert sorted(shadow.bodies) == sorted(v1.bodies)
+    gc.collect()
+
+
+async def test_closing_the_client_cuts_off_a_mirror_after_a_grace(
+    backends: Any, connect: Any
+) -> None:
+    """A mirror that would outlive its client by seconds is cut off after the grace
+    (`BACKGROUND_GRACE`, 1 s): the close neither hangs on it nor leaks its connection."""
+    v1, shadow = backends("v1", "shadow")
+    shadow.slow_headers(10.0)
+    mesh = make_mesh(
+        service_entry([endpoint(v1)]),
+        service_entry([endpoint(shadow)], host="shadow"),
+        virtual_service([{"route": [route_to()], "mirror": {"host": "shadow"}}]),
+    )
+    c = connect(mesh)
+    assert (await c.get(URL)).text == "v1"
+    await eventually(lambda: shadow.count == 1)
+    start = time.monotonic()
+    await c.aclose()
+    assert time.monotonic() - start < 5.0  # the grace, not the shadow's ten seconds
+    await eventually(lambda: in_flight(mesh) == 0)
+    gc.collect()
 
 
 async def test_mirror_percentage(backends: Any, connect: Any) -> None:

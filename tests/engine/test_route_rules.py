@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pymesh._async import stack as astack
-from pymesh._shim import _TASKS
+from pymesh._shim import AsyncBackground
 from pymesh._sync import stack as sstack
 from pymesh.call import Call, Decision, Outcome
 from pymesh.config import load_text
@@ -110,7 +110,8 @@ def run(
     snap = snapshot(yaml)
     runtime = Runtime(snap, clock=clock, rng=random.Random(1))
     sender = Sender(clock, status)
-    top = astack.build_client_stack(snap, runtime, sender)
+    background = AsyncBackground()
+    top = astack.build_client_stack(snap, runtime, sender, background)
     call = make_call(snap, **kw)
 
     async def sleep(seconds: float) -> None:
@@ -118,7 +119,7 @@ def run(
 
     async def main() -> Outcome:
         out = await top.handle(call)
-        await asyncio.gather(*list(_TASKS))  # let the mirrors run before the loop ends
+        await background.wait()  # let the mirrors run before the loop ends
         return out
 
     orig = astack.async_sleep
@@ -392,12 +393,13 @@ def test_mirror_percentage() -> None:
     snap = snapshot(yaml)
     runtime = Runtime(snap, clock=Clock(), rng=random.Random(3))
     sender = Sender(Clock())
-    top = astack.build_client_stack(snap, runtime, sender)
+    background = AsyncBackground()
+    top = astack.build_client_stack(snap, runtime, sender, background)
 
     async def many() -> None:
         for _ in range(800):
             await top.handle(make_call(snap))
-            await asyncio.gather(*list(_TASKS))  # the copy runs while the caller goes on
+            await background.wait()  # the copy runs while the caller goes on
 
     asyncio.run(many())
     copies = sum(1 for s in sender.seen if s.endpoint == "10.0.0.9:8009")
