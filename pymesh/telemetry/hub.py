@@ -396,10 +396,43 @@ class MeshTelemetry:
             ctx.sampled = bool(sc.trace_flags & 1)  # TraceFlags is an int: bit 0 is "sampled"
 
     def _end_span(self, rec: CallRecord, span: Any) -> None:
-        host, _, port = rec.authority.rpartition(":")
+        """End the span of a recorded call (`_close_span` with the record's fields)."""
+        self._close_span(
+            span,
+            rec.direction,
+            rec.authority,
+            rec.path,
+            rec.status,
+            rec.decision,
+            rec.endpoint,
+            rec.mtls,
+            rec.peer,
+            rec.flags,
+            rec.reason,
+            int((rec.start + rec.duration) * 1e9),
+        )
+
+    def _close_span(
+        self,
+        span: Any,
+        direction: str,
+        authority: str,
+        path: str,
+        status: int | None,
+        d: Decision | None,
+        ep: Any,
+        mtls: bool,
+        peer: str | None,
+        flags: str,
+        reason: str,
+        end_ns: int,
+    ) -> None:
+        """Set a finished call's attributes on its span and end it (from a record, or from a
+        lean call's own fields: no record made for it)."""
+        host, _, port = authority.rpartition(":")
         if not host or not port.isdigit():
-            host, port = rec.authority, ""
-        scheme = "https" if rec.mtls else "http"
+            host, port = authority, ""
+        scheme = "https" if mtls else "http"
         attrs: dict[str, Any] = {
             "server.address": host,
             "network.protocol.version": "1.1",
@@ -407,40 +440,36 @@ class MeshTelemetry:
         }
         if port:
             attrs["server.port"] = int(port)
-        if rec.direction == "outbound":
-            attrs["url.full"] = f"{scheme}://{rec.authority}{rec.path}"
-        if rec.status:
-            attrs["http.response.status_code"] = rec.status
-        d = rec.decision
+        outbound = direction == "outbound"
+        if outbound:
+            attrs["url.full"] = f"{scheme}://{authority}{path}"
+        if status:
+            attrs["http.response.status_code"] = status
         if d is not None:
-            attrs["pymesh.response_flags"] = d.response_flags
+            if d.flags:
+                flags = d.response_flags
+            attrs["pymesh.response_flags"] = flags or "-"
             attrs["pymesh.snapshot_version"] = str(d.snapshot_version)
-            if rec.direction == "outbound":
+            if outbound:
                 attrs["pymesh.route"] = d.route
                 attrs["pymesh.destination.service"] = d.service
                 attrs["pymesh.destination.cluster"] = d.destination
                 if d.subset:
                     attrs["pymesh.destination.subset"] = d.subset
                 attrs["pymesh.attempts"] = len(d.attempts)
-                if rec.endpoint is not None:
-                    attrs["pymesh.endpoint"] = rec.endpoint.label
-        elif rec.flags:
-            attrs["pymesh.response_flags"] = rec.flags
-        if rec.peer:
-            attrs["pymesh.peer.principal"] = rec.peer
+                if ep is not None:
+                    attrs["pymesh.endpoint"] = ep.label
+        elif flags:
+            attrs["pymesh.response_flags"] = flags
+        if peer:
+            attrs["pymesh.peer.principal"] = peer
         span.set_attributes(attrs)
-        failed = (
-            rec.status is None
-            or rec.status >= 500
-            or (rec.direction == "outbound" and rec.status >= 400)
-        )
-        if failed:
-            reason = rec.reason or (d.reason if d is not None else "")
-            attrs_err = str(rec.status) if rec.status else rec.response_flags
-            span.set_attribute("error.type", attrs_err)
-            ot = _otel()
+        if status is None or status >= 500 or (outbound and status >= 400):
+            reason = reason or (d.reason if d is not None else "")
+            span.set_attribute("error.type", str(status) if status else flags or "-")
+            ot = self._ot
             span.set_status(ot.Status(ot.ERROR, reason or None))
-        span.end(end_time=int((rec.start + rec.duration) * 1e9))
+        span.end(end_time=end_ns)
 
     # -- the lean path: client calls --------------------------------------------------------
     def start_lean(self, call: Call) -> bool:
@@ -525,8 +554,22 @@ class MeshTelemetry:
         trace_id, method, path = call.trace_id, call.method, call.path
         entry = (t0, duration, status, bytes_in, received, trace_id, d, ep, method, authority, path)
         self.recent.append(entry)
-        if call.span is not None:  # sampled: the span ends with what the record says
-            self._end_span(self._lean_record(entry), call.span)
+        span = call.span
+        if span is not None:  # sampled: the span ends with the call's own fields, no record
+            self._close_span(
+                span,
+                "outbound",
+                authority,
+                path,
+                status,
+                d,
+                ep,
+                False,
+                None,
+                "",
+                "",
+                time.time_ns(),
+            )
         metrics = self.metrics
         if metrics is not None:
             flags = ",".join(d.flags) if d.flags else "-"
