@@ -20,6 +20,9 @@ Reported: per-round p50 ratios against `off` (median and range), the µs added p
 request. A second, in-process part stubs the network out (a sender that answers at once) and
 reports what pymesh's own telemetry work costs per call without nginx's noise: per unsampled
 call (0 % sampling), at the issue's 1 %, and per sampled call against the SDK's own span.
+A third part reports the server side the same way: `MeshMiddleware` called directly around a
+trivial ASGI app, with and without telemetry (0 % sampling), each request carrying what a meshed
+caller sends (`traceparent` and the workload metadata).
 
 The result goes to bench/results/telemetry.md and, for a full run, into docs/performance.md.
 The exit code says whether the benchmark ran, never whether the goal was met.
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = measure(args)
         local = measure_in_process(args)
+        local.update(measure_inbound(args))
     except BenchError as exc:
         log(f"benchmark failed: {exc}")
         return 1
@@ -267,6 +271,86 @@ def measure_in_process(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def measure_inbound(args: argparse.Namespace) -> dict[str, float]:
+    """Per-request µs of `MeshMiddleware` around a trivial ASGI app, called directly (no
+    server, no network): telemetry off and on (0 % sampling), requests carrying a meshed
+    caller's headers; the median of `rounds` interleaved batches and of their differences."""
+    import asyncio
+
+    import pymesh
+    from pymesh.asgi import MeshMiddleware
+    from pymesh.telemetry import TelemetryConfig
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: Any) -> None:
+        pass
+
+    headers = [
+        (b"host", b"bench"),
+        (b"user-agent", b"python-httpx/0.28.1"),
+        (b"accept", b"*/*"),
+        (b"accept-encoding", b"gzip, deflate"),
+        (b"connection", b"keep-alive"),
+        *((k.encode(), v.encode()) for k, v in ADDED_HEADERS.items()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+    n = max(2000, args.requests * 5)
+    per_round: dict[str, list[float]] = {"off": [], "on": []}
+
+    async def batch(middleware: Any, count: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            await middleware(dict(scope), receive, send)
+        return (time.perf_counter() - t0) / count * 1e6
+
+    async def run(apps: dict[str, Any]) -> None:
+        for middleware in apps.values():
+            await batch(middleware, 1000)
+        order = list(apps)
+        for i in range(args.rounds):
+            for name in order[i % 2 :] + order[: i % 2]:
+                per_round[name].append(await batch(apps[name], n))
+
+    with tempfile.TemporaryDirectory(prefix="pymesh-bench-") as tmp:
+        path = Path(tmp) / "mesh.yaml"
+        path.write_text(MESH_YAML.format(port=9))
+        apps = {
+            name: MeshMiddleware(
+                app, pymesh.Mesh.from_files(path, service="bench", telemetry=telemetry)
+            )
+            for name, telemetry in (("off", False), ("on", TelemetryConfig(sampling=0.0)))
+        }
+        asyncio.run(run(apps))
+    return {
+        "inbound_off": median(per_round["off"]),
+        "inbound_on": median(per_round["on"]),
+        "added_inbound": median(
+            [b - a for a, b in zip(per_round["off"], per_round["on"], strict=True)]
+        ),
+    }
+
+
 def _meets(value: float, goal: float) -> str:
     return "meets" if value <= goal else "misses"
 
@@ -314,6 +398,10 @@ def report(
         f"the SDK's own span cost — {_meets(beyond, GOAL_SAMPLED_US)} the goal "
         f"(≤ {GOAL_SAMPLED_US:.0f} µs). Over nginx (noisier): sampling adds {sampling:+.1f} µs "
         f"to an unsampled call, the SDK's span {sdk:+.1f} µs.",
+        f"- **Server side** (not a goal of the issue; reported): `MeshMiddleware` called directly "
+        f"around a trivial ASGI app, requests carrying a meshed caller's headers, 0 % sampling: "
+        f"telemetry adds {local['added_inbound']:+.1f} µs per request "
+        f"({local['inbound_off']:.1f} → {local['inbound_on']:.1f} µs).",
     ]
     return "\n".join(
         [
