@@ -71,9 +71,11 @@ class AsyncBackground:
         task.add_done_callback(self._tasks.discard)
 
     async def wait(self, timeout: float | None = None) -> set[asyncio.Task[None]]:
-        """Wait up to `timeout` s (None: no limit) for the work in flight; what is still
-        running then."""
-        tasks = set(self._tasks)
+        """Wait up to `timeout` s (None: no limit) for the work in flight on the running loop;
+        what is still running then. (Tasks of another loop — a client used from two loops —
+        cannot be awaited here and are left to theirs.)"""
+        loop = asyncio.get_running_loop()
+        tasks = {t for t in self._tasks if not t.done() and t.get_loop() is loop}
         if not tasks:
             return tasks
         return (await asyncio.wait(tasks, timeout=timeout))[1]
