@@ -138,12 +138,10 @@ class Call:
         "attempt_deadline",
         "authority",
         "bytes_in",
-        "bytes_out",
         "cluster",
         "deadline",
         "decision",
         "direction",
-        "duration",
         "endpoint",
         "hash_key",
         "host",
@@ -173,10 +171,8 @@ class Call:
     # Telemetry's lean path keeps a client call's record on the call itself (see
     # `pymesh.telemetry.hub.MeshTelemetry.start_lean`); these are set only there.
     status: int | None
-    bytes_in: int
-    bytes_out: int
-    t0: float
-    duration: float
+    bytes_in: int  # request body bytes
+    t0: float  # perf_counter at the start
     trace_id: int
     span: Any  # the OpenTelemetry client span of a sampled call, else None
 
